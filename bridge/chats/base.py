@@ -1,0 +1,57 @@
+"""What every chat shares: its destination settings and the one thing it does, send."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.durations import Duration
+from bridge.outcome import Outcome
+
+# A rendered message: a JSON document for chats that take one, text for the console.
+Body = dict[str, Any] | str
+
+
+class DestinationSettings(BaseModel):
+    """The keys every `[[destinations]]` entry has, whatever its type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: str
+    template: Path | None = None
+    rate_limit: float = Field(default=1.0, ge=0, description="messages per second, 0 = no limit")
+    burst: int = Field(default=3, ge=1)
+    timeout: Duration = 10.0
+    max_attempts: int = Field(default=0, ge=0, description="0 = no limit, only max_age")
+    max_age: Duration = 24 * 3600.0
+
+
+class Chat(Protocol):
+    async def send(self, body: Body, delivery_id: int) -> Outcome:
+        """Build the request, send it, read the answer. Network errors may propagate."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatType:
+    """One chat: its `type` name, its settings, how to make it, and its default template.
+
+    The default template is `bridge/templates/<template or name>.j2`; it renders a JSON
+    document, or text when `body` is "text".
+    """
+
+    name: str
+    settings: type[DestinationSettings]
+    create: Callable[[Any, aiohttp.ClientSession], Chat]
+    body: Literal["json", "text"] = "json"
+    template: str = ""
+
+    @property
+    def template_name(self) -> str:
+        return f"{self.template or self.name}.j2"

@@ -1,0 +1,35 @@
+"""Any JSON webhook: POST the rendered document, with optional headers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import aiohttp
+from pydantic import Field, SecretStr
+
+from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.outcome import Outcome, from_http
+
+
+class GenericSettings(DestinationSettings):
+    type: Literal["generic"]
+    url: SecretStr
+    headers: dict[str, SecretStr] = {}
+    rate_limit: float = Field(default=10.0, ge=0)
+    burst: int = Field(default=10, ge=1)
+
+
+class Generic:
+    def __init__(self, settings: GenericSettings, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.url = settings.url.get_secret_value()
+        self.headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
+
+    async def send(self, body: Body, delivery_id: int) -> Outcome:
+        headers = {"Idempotency-Key": f"jobserv-bridge-{delivery_id}", **self.headers}
+        async with self.session.post(self.url, json=body, headers=headers) as response:
+            text = await response.text(errors="replace")
+            return from_http(response.status, response.headers, text)
+
+
+CHAT = ChatType("generic", GenericSettings, Generic)

@@ -1,0 +1,267 @@
+"""TOML config -> a validated, typed Config; every problem reported with its place."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from bridge.chats import CHAT_TYPES, DestinationSettings
+from bridge.durations import Duration
+from bridge.render import Template, TemplateError, default_template, load_template
+
+_M = TypeVar("_M", bound=BaseModel)
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` lists every one, each with its place."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_size: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_timeout: Duration = 10.0
+
+
+class StoreConfig(_Section):
+    path: Path = Path("var/bridge.sqlite3")
+    url: SecretStr | None = None
+
+
+class DeliveryConfig(_Section):
+    concurrency: int = Field(default=32, ge=1)
+    retry_initial: Duration = 2.0
+    retry_max: Duration = 600.0
+    retention: Duration = 7 * 86400.0
+    poll_interval: Duration = 1.0
+
+
+class Source(_Section):
+    name: str = Field(min_length=1)
+    secret: SecretStr
+    factories: list[str] = Field(min_length=1)
+
+    def may_report(self, factory: str) -> bool:
+        return "*" in self.factories or factory in self.factories
+
+
+class Route(_Section):
+    factories: list[str] | None = None
+    triggers: list[str] | None = None
+    notify: list[Literal["failed", "passed"]] = ["failed"]
+    destinations: list[str] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    store: StoreConfig
+    delivery: DeliveryConfig
+    sources: list[Source]
+    destinations: dict[str, DestinationSettings]
+    routes: list[Route]
+    templates: dict[str, Template] = field(repr=False)
+
+    def secrets(self) -> list[str]:
+        """Every secret value the config holds, for redaction."""
+        found: list[str] = [s.secret.get_secret_value() for s in self.sources]
+        if self.store.url:
+            found.append(self.store.url.get_secret_value())
+        for destination in self.destinations.values():
+            found.extend(_secret_values(destination))
+        return [s for s in found if s]
+
+
+def _secret_values(model: BaseModel) -> list[str]:
+    values = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+        elif isinstance(value, dict):
+            values += [v.get_secret_value() for v in value.values() if isinstance(v, SecretStr)]
+    return values
+
+
+def place(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """('routes', 1, 'destinations', 0) -> 'routes[1].destinations[0]'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+    return [
+        f"{place(prefix + tuple(e['loc']))}: {_message(e)}"
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _expand_environment(value: Any, loc: tuple[int | str, ...], problems: list[str]) -> Any:
+    """Replace `${VAR}` in every string with the environment's value."""
+    if isinstance(value, dict):
+        return {k: _expand_environment(v, (*loc, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_environment(v, (*loc, i), problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            problems.append(f"{place(loc)}: environment variable {name} is not set")
+            return ""
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _section(model: type[_M], raw: Any, name: str, problems: list[str]) -> _M | None:
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        problems.extend(_problems(exc, (name,)))
+        return None
+
+
+def _list_of(model: type[_M], raw: Any, name: str, problems: list[str]) -> list[_M]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append(f"{name}: expected a list of tables ([[{name}]])")
+        return []
+    items = []
+    for index, item in enumerate(raw):
+        parsed = _section(model, item, f"{name}[{index}]", problems)
+        if parsed is not None:
+            items.append(parsed)
+    return items
+
+
+def _destination(raw: Any, index: int, problems: list[str]) -> DestinationSettings | None:
+    where = f"destinations[{index}]"
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in CHAT_TYPES:
+        known = ", ".join(sorted(CHAT_TYPES))
+        problems.append(f"{where}.type: unknown destination type {kind!r} (known: {known})")
+        return None
+    return _section(CHAT_TYPES[kind].settings, raw, where, problems)
+
+
+def _template(destination: DestinationSettings, base: Path, where: str) -> Template:
+    chat = CHAT_TYPES[destination.type]
+    kind = chat.body
+    if destination.template is None:
+        return default_template(chat.template_name, kind)
+    path = (
+        destination.template if destination.template.is_absolute() else base / destination.template
+    )
+    try:
+        return load_template(path, kind)
+    except TemplateError as exc:
+        raise TemplateError(f"{where}.template: {exc}") from None
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate a config's text; relative paths in it are relative to `path`'s folder."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+    problems: list[str] = []
+    known = {"server", "store", "delivery", "sources", "destinations", "routes"}
+    problems += [f"{key}: unknown section" for key in raw if key not in known]
+    raw = _expand_environment(raw, (), problems)
+
+    server = _section(ServerConfig, raw.get("server"), "server", problems)
+    store = _section(StoreConfig, raw.get("store"), "store", problems)
+    delivery = _section(DeliveryConfig, raw.get("delivery"), "delivery", problems)
+    sources = _list_of(Source, raw.get("sources"), "sources", problems)
+    routes = _list_of(Route, raw.get("routes"), "routes", problems)
+
+    destinations: dict[str, DestinationSettings] = {}
+    raw_destinations = raw.get("destinations") or []
+    if not isinstance(raw_destinations, list):
+        problems.append("destinations: expected a list of tables ([[destinations]])")
+        raw_destinations = []
+    templates: dict[str, Template] = {}
+    base = path.parent
+    for index, item in enumerate(raw_destinations):
+        destination = _destination(item, index, problems)
+        if destination is None:
+            continue
+        if destination.name in destinations:
+            problems.append(
+                f'destinations[{index}].name: destination "{destination.name}" is defined twice'
+            )
+            continue
+        destinations[destination.name] = destination
+        try:
+            templates[destination.name] = _template(destination, base, f"destinations[{index}]")
+        except TemplateError as exc:
+            problems.append(str(exc))
+
+    if not sources and "sources" not in raw:
+        problems.append("sources: at least one [[sources]] entry is needed")
+    names = [s.name for s in sources]
+    problems += [
+        f'sources[{i}].name: source "{n}" is defined twice'
+        for i, n in enumerate(names)
+        if n in names[:i]
+    ]
+    raw_routes = raw.get("routes") if isinstance(raw.get("routes"), list) else []
+    for r_index, item in enumerate(raw_routes or []):
+        wanted = item.get("destinations") if isinstance(item, dict) else None
+        for d_index, name in enumerate(wanted if isinstance(wanted, list) else []):
+            if (
+                isinstance(name, str)
+                and name not in destinations
+                and not any(isinstance(d, dict) and d.get("name") == name for d in raw_destinations)
+            ):
+                problems.append(
+                    f'routes[{r_index}].destinations[{d_index}]: no destination named "{name}"'
+                )
+    if store is not None and store.url is not None:
+        problems.append("store.url: this version stores in SQLite only; use store.path")
+
+    if problems or server is None or store is None or delivery is None:
+        raise ConfigError(problems)
+    if not store.path.is_absolute():
+        store = store.model_copy(update={"path": base / store.path})
+    return Config(path, server, store, delivery, sources, destinations, routes, templates)
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, path)

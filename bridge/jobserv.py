@@ -1,0 +1,130 @@
+"""What JobServ sends: the build model, its factory, its identity and its signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+SIGNATURE_HEADER = "X-JobServ-Sig"
+_SIGNATURE = re.compile(r"sha256:\s*([0-9a-fA-F]{64})\s*")
+
+
+class NotABuild(ValueError):
+    """A signed body that is not a JobServ build; the message is one line."""
+
+
+class Run(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    url: str
+    status: str
+    log_url: str
+    web_url: str | None = None
+    created: datetime | None = None
+    completed: datetime | None = None
+    host_tag: str | None = None
+    tests: str | None = None
+
+
+class StatusEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    time: datetime
+    status: str
+
+
+class Build(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    build_id: int
+    url: str
+    status: str
+    runs: list[Run]
+    web_url: str | None = None
+    name: str | None = None
+    trigger_name: str | None = None
+    created: datetime | None = None
+    completed: datetime | None = None
+    status_events: list[StatusEvent] = []
+    runs_url: str | None = None
+    reason: str | None = None
+    annotation: Any = None
+
+    @property
+    def project(self) -> str:
+        """`<factory>/lmp`, or `lmp` for the public LmP project."""
+        return _project_of(self.url) or _project_of(self.web_url or "") or ""
+
+    @property
+    def factory(self) -> str:
+        return self.project.split("/", 1)[0]
+
+    @property
+    def identity(self) -> str:
+        """One event: a re-run may complete the same build again with another outcome."""
+        completed = self.completed.isoformat() if self.completed else ""
+        key = f"{self.url}\n{self.status}\n{completed}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _project_of(url: str) -> str | None:
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    if "projects" not in parts:
+        return None
+    rest = parts[parts.index("projects") + 1 :]
+    if not rest:
+        return None
+    # /projects/<factory>/lmp/builds/N/ or /projects/lmp/builds/N/
+    if len(rest) >= 2 and rest[1] != "builds":
+        return f"{rest[0]}/{rest[1]}"
+    return rest[0]
+
+
+def parse_build(body: bytes) -> Build:
+    try:
+        build = Build.model_validate_json(body)
+    except ValidationError as exc:
+        raise NotABuild(_one_line(exc)) from None
+    if not build.factory:
+        raise NotABuild(f"cannot tell the factory from url {build.url!r}")
+    return build
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    place = f"{where}: " if where else ""
+    return f"not a JobServ build: {place}{first['msg']}{more}"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-JobServ-Sig value JobServ sends for this body."""
+    return "sha256:" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_digest(header: str) -> bytes | None:
+    """The digest in a header value, or None when it is not `sha256:<64 hex>`."""
+    match = _SIGNATURE.fullmatch(header)
+    return bytes.fromhex(match.group(1)) if match else None
+
+
+def signed_by(digest: bytes, body: bytes, secrets: list[str]) -> int | None:
+    """Index of the secret that signed `body`.
+
+    Every secret is tried so that the time taken does not tell which one matched.
+    """
+    found = None
+    for index, secret in enumerate(secrets):
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+        if hmac.compare_digest(expected, digest) and found is None:
+            found = index
+    return found

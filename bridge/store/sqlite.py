@@ -1,0 +1,341 @@
+"""The embedded outbox: one SQLite file in WAL mode, written by one thread with group commit.
+
+Every store call becomes a job for the writer thread. The thread takes all the jobs
+waiting, runs them in one transaction (each in its own savepoint, so one failure
+does not sink the others), commits once with a full sync, and only then answers
+them all. Concurrent webhooks thus share one fsync, each still answered after its
+data is durable, and the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.store import (
+    Accepted,
+    Claim,
+    Delivery,
+    DeliveryRow,
+    NewEvent,
+    State,
+    Store,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+
+# Enough to amortise one fsync over a burst, small enough to keep each commit short.
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    factory TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    build_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL REFERENCES events(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    claimed_until REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_lane
+    ON deliveries (destination, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
+CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (state, updated_at)
+    WHERE state != 'pending';
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+"""
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock_file: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the writer thread --------------------------------------------------
+
+    async def open(self, *, serving: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if serving:
+                self._lock_file = _exclusive_lock(self.path)
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._run, args=(connection,), name="sqlite-store", daemon=True
+        )
+        self._thread.start()
+        if serving:
+            # We hold the lock: no other process serves from this file, so every
+            # claim left in it belongs to a process that is gone.
+            await self._call(lambda c: c.execute("UPDATE deliveries SET claimed_until = NULL"))
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def _run(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._run_batch(connection, batch)
+            if stop:
+                break
+        connection.close()
+
+    def _run_batch(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for work, future in batch:
+                connection.execute("SAVEPOINT job")
+                try:
+                    result = work(connection)
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO job")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StoreUnavailable(f"store error: {exc}")
+                    results.append((future, None, exc))
+                else:
+                    results.append((future, result, None))
+                connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            failure = StoreUnavailable(f"store write failed: {exc}")
+            results = [(future, None, failure) for _, future in batch]
+        assert self._loop is not None
+        for future, result, error in results:
+            self._loop.call_soon_threadsafe(_settle, future, result, error)
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None or self._loop is None:
+            raise StoreUnavailable("store is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((work, future))
+        return await future
+
+    # -- the store interface --------------------------------------------------
+
+    async def accept(self, event: NewEvent, destinations: list[str]) -> Accepted:
+        def work(c: sqlite3.Connection) -> Accepted:
+            row = c.execute(
+                "INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+                (
+                    event.key,
+                    event.factory,
+                    event.trigger,
+                    event.build_id,
+                    event.status,
+                    event.body,
+                    event.received_at,
+                ),
+            ).fetchone()
+            if row is None:
+                (event_id,) = c.execute(
+                    "SELECT id FROM events WHERE key = ?", (event.key,)
+                ).fetchone()
+                (count,) = c.execute(
+                    "SELECT count(*) FROM deliveries WHERE event_id = ?", (event_id,)
+                ).fetchone()
+                return Accepted(event_id, count, duplicate=True)
+            (event_id,) = row
+            now = event.received_at
+            c.executemany(
+                "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
+                " next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+                [(event_id, name, now, now, now) for name in destinations],
+            )
+            return Accepted(event_id, len(destinations), duplicate=False)
+
+        return await self._call(work)
+
+    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+        def work(c: sqlite3.Connection) -> Claim:
+            rows = c.execute(
+                "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
+                " d.claimed_until, e.body FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
+                (destination, limit),
+            ).fetchall()
+            taken: list[Delivery] = []
+            next_due = None
+            for id_, event_id, attempts, created_at, due, claimed_until, body in rows:
+                if claimed_until is not None and claimed_until > now:
+                    break  # another claim holds the head: keep the lane in order
+                if due > now:
+                    next_due = due if not taken else None
+                    break
+                taken.append(Delivery(id_, event_id, destination, attempts, created_at, body))
+            c.executemany(
+                "UPDATE deliveries SET claimed_until = ? WHERE id = ?",
+                [(now + lease, d.id) for d in taken],
+            )
+            return Claim(taken, next_due)
+
+        return await self._call(work)
+
+    async def release(self, ids: list[int]) -> None:
+        await self._call(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET claimed_until = NULL WHERE id = ?", [(i,) for i in ids]
+            )
+        )
+
+    async def _finish(
+        self, delivery_id: int, state: State, at: float, error: str | None, now: float
+    ) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = coalesce(?, last_error), updated_at = ?, claimed_until = NULL"
+                " WHERE id = ?",
+                (state, at, error, now, delivery_id),
+            )
+        )
+
+    async def mark_sent(self, delivery_id: int, now: float) -> None:
+        await self._finish(delivery_id, "sent", now, None, now)
+
+    async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None:
+        await self._finish(delivery_id, "pending", at, error, now)
+
+    async def mark_dead(self, delivery_id: int, error: str, now: float) -> None:
+        await self._finish(delivery_id, "dead", now, error, now)
+
+    async def kill_orphans(self, destinations: set[str], now: float) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            names = sorted(destinations)
+            marks = ",".join("?" * len(names))
+            return c.execute(
+                "UPDATE deliveries SET state = 'dead', updated_at = ?, claimed_until = NULL,"
+                " last_error = 'destination ' || destination || ' is no longer configured'"
+                f" WHERE state = 'pending' AND destination NOT IN ({marks})",
+                (now, *names),
+            ).rowcount
+
+        return await self._call(work)
+
+    async def list_deliveries(
+        self, state: State | None = None, destination: str | None = None, limit: int = 100
+    ) -> list[DeliveryRow]:
+        def work(c: sqlite3.Connection) -> list[DeliveryRow]:
+            rows = c.execute(
+                "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
+                " d.updated_at, d.next_attempt_at, d.last_error,"
+                " e.factory, e.trigger, e.build_id, e.status"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.destination = ?2)"
+                " ORDER BY d.id DESC LIMIT ?3",
+                (state, destination, limit),
+            ).fetchall()
+            return [DeliveryRow(*row) for row in rows]
+
+        return await self._call(work)
+
+    async def retry(self, ids: list[int] | None, now: float) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            update = (
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                " attempts = 0 WHERE state = 'dead'"
+            )
+            if ids is None:
+                return c.execute(update, (now, now)).rowcount
+            return sum(c.execute(update + " AND id = ?", (now, now, i)).rowcount for i in ids)
+
+        return await self._call(work)
+
+    async def purge(self, before: float, states: tuple[State, ...]) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(states))
+            deleted = c.execute(
+                f"DELETE FROM deliveries WHERE state IN ({marks}) AND updated_at < ?",
+                (*states, before),
+            ).rowcount
+            c.execute(
+                "DELETE FROM events WHERE received_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                (before,),
+            )
+            return deleted
+
+        return await self._call(work)
+
+    async def counts(self) -> dict[State, int]:
+        def work(c: sqlite3.Connection) -> dict[State, int]:
+            found = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+            return {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+
+        return await self._call(work)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _exclusive_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreUnavailable(
+            f"{path} is in use by another jobserv-bridge serve (lock {lock_path})"
+        ) from None
+    return fd

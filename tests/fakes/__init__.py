@@ -1,0 +1,1 @@
+"""Test doubles for jobserv-bridge tests (see chat_server.FakeChat)."""
