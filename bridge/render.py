@@ -47,8 +47,8 @@ def slack_link(url: Any, text: Any) -> str:
     return f"<{url}|{mrkdwn(text).replace('|', '¦')}>"
 
 
-def shorten(text: Any, limit: int = REASON_LIMIT) -> str:
-    text = " ".join(str(text).split())
+def shorten(value: Any, limit: int = REASON_LIMIT) -> str:
+    text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
