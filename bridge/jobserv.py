@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SIGNATURE_HEADER = "X-JobServ-Sig"
 _SIGNATURE = re.compile(r"sha256:\s*([0-9a-fA-F]{64})\s*")
@@ -43,7 +43,8 @@ class StatusEvent(BaseModel):
 class Build(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    build_id: int
+    # Stored as an SQLite INTEGER: a larger number is not a build, not a server error.
+    build_id: int = Field(ge=-(2**63), lt=2**63)
     url: str
     status: str
     runs: list[Run]
@@ -75,7 +76,11 @@ class Build(BaseModel):
 
 
 def _project_of(url: str) -> str | None:
-    parts = [p for p in urlsplit(url).path.split("/") if p]
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+    parts = [p for p in path.split("/") if p]
     if "projects" not in parts:
         return None
     rest = parts[parts.index("projects") + 1 :]
