@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import re
+from urllib.parse import urlsplit
 
 _MARK = "<redacted>"
 # Slack webhook paths and tokens are secrets even when the config did not mark them.
@@ -14,8 +14,15 @@ _PATTERNS = re.compile(
 
 class Redactor:
     def __init__(self, secrets: list[str]) -> None:
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: list[str]) -> None:
+        """Redact these too (a reloaded config may bring new secrets)."""
+        known = set(self.secrets) | {s for s in secrets if len(s) >= 4}
+        known |= {tail for s in secrets if (tail := _url_tail(s))}
         # Longest first, so a secret that contains another is removed whole.
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -24,25 +31,17 @@ class Redactor:
         return _PATTERNS.sub(_MARK, text)
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites every record, exceptions from libraries included, before it is written."""
-
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__()
-        self.redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg = self.redact(message)
-        record.args = None
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        return True
+# Shorter paths ("/hook", "/webhook") hold no secret, and would mangle unrelated lines.
+_MIN_SECRET_PATH = 16
 
 
-def install(redact: Redactor) -> None:
-    """Redact every log record of the process, whoever logs it."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter(redact))
+def _url_tail(secret: str) -> str | None:
+    """A URL's path and query: the secret part of a chat webhook, which servers often echo."""
+    if "://" not in secret:
+        return None
+    try:
+        parts = urlsplit(secret)
+    except ValueError:
+        return None
+    tail = parts.path + (f"?{parts.query}" if parts.query else "")
+    return tail if len(tail) >= _MIN_SECRET_PATH else None
