@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bridge.chats.base import Body, Chat, ChatType, DestinationSettings
+from bridge.chats.base import Body, Chat, ChatType, DestinationSettings, Fits
 
 
 def _discover() -> dict[str, ChatType]:
@@ -20,4 +20,4 @@ def _discover() -> dict[str, ChatType]:
 
 CHAT_TYPES: dict[str, ChatType] = _discover()
 
-__all__ = ["CHAT_TYPES", "Body", "Chat", "ChatType", "DestinationSettings"]
+__all__ = ["CHAT_TYPES", "Body", "Chat", "ChatType", "DestinationSettings", "Fits"]

@@ -15,6 +15,8 @@ from bridge.outcome import Outcome
 
 # A rendered message: a JSON document for chats that take one, text for the console.
 Body = dict[str, Any] | str
+# A chat's size check: None when a message fits, else what is over its limits.
+Fits = Callable[[Body], str | None]
 
 
 class DestinationSettings(BaseModel):
@@ -30,6 +32,7 @@ class DestinationSettings(BaseModel):
     timeout: Duration = 10.0
     max_attempts: int = Field(default=0, ge=0, description="0 = no limit, only max_age")
     max_age: Duration = 24 * 3600.0
+    max_failed_runs: int = Field(default=20, ge=0, description="failed runs listed at most")
 
 
 class Chat(Protocol):
@@ -51,6 +54,7 @@ class ChatType:
     create: Callable[[Any, aiohttp.ClientSession], Chat]
     body: Literal["json", "text"] = "json"
     template: str = ""
+    fits: Fits | None = None
 
     @property
     def template_name(self) -> str:

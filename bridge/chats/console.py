@@ -16,6 +16,7 @@ from bridge.outcome import Outcome, Sent
 class ConsoleSettings(DestinationSettings):
     type: Literal["console"]
     rate_limit: float = Field(default=0.0, ge=0)
+    max_failed_runs: int = Field(default=100, ge=0)
 
 
 class Console:

@@ -17,6 +17,7 @@ class GenericSettings(DestinationSettings):
     headers: dict[str, SecretStr] = {}
     rate_limit: float = Field(default=10.0, ge=0)
     burst: int = Field(default=10, ge=1)
+    max_failed_runs: int = Field(default=1000, ge=0)
 
 
 class Generic:

@@ -10,6 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.limits import slack_fits
 from bridge.outcome import Outcome, from_slack_api
 
 
@@ -41,4 +42,4 @@ class SlackApi:
         return from_slack_api(response.status_code, response.headers or {}, response.data)
 
 
-CHAT = ChatType("slack-api", SlackApiSettings, SlackApi, template="slack")
+CHAT = ChatType("slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits)

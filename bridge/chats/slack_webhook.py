@@ -9,6 +9,7 @@ from pydantic import SecretStr
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.limits import slack_fits
 from bridge.outcome import Outcome, from_http
 
 
@@ -30,4 +31,6 @@ class SlackWebhook:
         return from_http(response.status_code, response.headers or {}, response.body or "")
 
 
-CHAT = ChatType("slack-webhook", SlackWebhookSettings, SlackWebhook, template="slack")
+CHAT = ChatType(
+    "slack-webhook", SlackWebhookSettings, SlackWebhook, template="slack", fits=slack_fits
+)

@@ -1,0 +1,75 @@
+"""Matrix, through the client-server API: an `m.room.message` event in one room.
+
+The event is sent with `PUT .../send/m.room.message/{txn_id}`, and the transaction
+id is the same for every attempt of one delivery: a homeserver that already took it
+(a send whose answer was lost) answers with the same event instead of posting twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import Field, HttpUrl, SecretStr, field_validator
+from yarl import URL
+
+from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.limits import encode_json, matrix_fits
+from bridge.chats.webhook import Answer, send_json
+from bridge.outcome import Outcome, from_http
+
+
+class MatrixSettings(DestinationSettings):
+    type: Literal["matrix"]
+    homeserver: HttpUrl  # https://matrix.example.org
+    room_id: str  # !abcdef:example.org (room version 12 ids have no server part)
+    token: SecretStr  # the bot user's access token
+    # Synapse's default limit for a user's messages: 0.2 a second, bursts of 10.
+    rate_limit: float = Field(default=0.2, ge=0)
+    burst: int = Field(default=10, ge=1)
+
+    @field_validator("room_id")
+    @classmethod
+    def _room_id(cls, room_id: str) -> str:
+        if not room_id.startswith("!") or len(room_id) < 2 or any(c.isspace() for c in room_id):
+            raise ValueError("expected a room id like !abcdef:example.org (not an #alias)")
+        return room_id
+
+
+def transaction_id(delivery_id: int, body: Body) -> str:
+    """The same for every attempt of one delivery; the body's digest keeps ids from a new,
+    empty store (whose delivery ids start at 1 again) apart from the old ones."""
+    digest = hashlib.sha256(encode_json(body)).hexdigest()[:16]
+    return f"jobserv-bridge-{delivery_id}-{digest}"
+
+
+def retry_after(answer: Answer) -> float | None:
+    """Matrix's own signal: `retry_after_ms` in an M_LIMIT_EXCEEDED error."""
+    milliseconds: Any = answer.json().get("retry_after_ms")
+    if isinstance(milliseconds, int | float) and not isinstance(milliseconds, bool):
+        return milliseconds / 1000
+    return None
+
+
+class Matrix:
+    def __init__(self, settings: MatrixSettings, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        room = quote(settings.room_id, safe="")
+        self.rooms_url = (
+            f"{str(settings.homeserver).rstrip('/')}/_matrix/client/v3/rooms/{room}"
+            "/send/m.room.message/"
+        )
+        self.headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+
+    async def send(self, body: Body, delivery_id: int) -> Outcome:
+        content = body if isinstance(body, dict) else {"msgtype": "m.notice", "body": body}
+        txn = quote(transaction_id(delivery_id, content), safe="")
+        url = URL(self.rooms_url + txn, encoded=True)
+        answer = await send_json(self.session, url, content, method="PUT", headers=self.headers)
+        after = retry_after(answer) if answer.status == 429 else None
+        return from_http(answer.status, answer.headers, answer.text, retry_after=after)
+
+
+CHAT = ChatType("matrix", MatrixSettings, Matrix, fits=matrix_fits)

@@ -1,0 +1,34 @@
+"""Microsoft Teams, through a Workflows webhook: an Adaptive Card (1.4) in `attachments`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import aiohttp
+from pydantic import Field, SecretStr
+
+from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.limits import teams_fits
+from bridge.chats.webhook import send_json
+from bridge.outcome import Outcome, from_http
+
+
+class TeamsSettings(DestinationSettings):
+    type: Literal["teams"]
+    url: SecretStr  # the workflow's "When a Teams webhook request is received" URL
+    rate_limit: float = Field(default=1.0, ge=0)
+    burst: int = Field(default=2, ge=1)
+
+
+class Teams:
+    def __init__(self, settings: TeamsSettings, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.url = settings.url.get_secret_value()
+
+    async def send(self, body: Body, delivery_id: int) -> Outcome:
+        # A workflow answers 202 Accepted when it has taken the message.
+        answer = await send_json(self.session, self.url, body)
+        return from_http(answer.status, answer.headers, answer.text)
+
+
+CHAT = ChatType("teams", TeamsSettings, Teams, fits=teams_fits)
