@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
+import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from bridge import __version__
+from bridge.chats import CHAT_TYPES
 from bridge.config import Config, ConfigError, load_config
 from bridge.durations import parse_duration
-from bridge.jobserv import NotABuild, parse_build, sign
-from bridge.redact import Redactor, install
+from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
+from bridge.logs import configure as configure_logging
+from bridge.redact import Redactor
 from bridge.render import TemplateError, context
-from bridge.routing import destinations_for
+from bridge.routing import destinations_for, explain
 from bridge.store import State, Store, StoreUnavailable, open_store
 
 EXIT_FAILURE = 1
@@ -28,6 +38,13 @@ EXIT_USAGE = 2
 
 class CommandError(Exception):
     """A problem with what the user asked for: printed as one line, exit 2."""
+
+
+def _duration_argument(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # argparse shows only an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,12 +62,28 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = with_config("serve", "receive webhooks and deliver messages until SIGTERM/SIGINT")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument("--log-format", default="human", choices=["human", "json"])
 
     with_config("check-config", "validate a config: every problem, with its place")
 
     render = with_config("render", "print the exact bodies that would be posted, sending nothing")
     render.add_argument("--payload", required=True, type=Path, help="a JobServ webhook body")
     render.add_argument("--destination", help="render for this destination (default: routed)")
+
+    routes = with_config("routes", "show which routes and destinations a build reaches, and why")
+    routes.add_argument("--payload", required=True, type=Path, help="a JobServ webhook body")
+
+    send_test = commands.add_parser(
+        "send-test",
+        help="sign a sample build and post it to a running bridge",
+        description="sign a build (a failed sample by default) and post it to a running bridge,"
+        " printing the answer",
+    )
+    send_test.add_argument("--url", required=True, help="the bridge's webhook URL")
+    send_test.add_argument(
+        "--secret-env", required=True, metavar="VAR", help="environment variable with the secret"
+    )
+    send_test.add_argument("--payload", type=Path, help="the body to send (default: a sample)")
 
     sign_command = commands.add_parser(
         "sign",
@@ -74,46 +107,117 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID")
     which.add_argument("--all-dead", action="store_true")
     purge = actions.add_parser("purge", help="delete sent and dead deliveries older than AGE")
-    purge.add_argument("--older-than", required=True, type=parse_duration, metavar="AGE")
+    purge.add_argument("--older-than", required=True, type=_duration_argument, metavar="AGE")
     return parser
-
-
-def _configure_logging(level: str, config: Config) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    install(Redactor(config.secrets()))
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from bridge.server import create_app
 
-    _configure_logging(args.log_level, config)
+    redact = Redactor(config.secrets())
+    configure_logging(args.log_level, args.log_format, redact)
     log = logging.getLogger("bridge")
     host, port = config.server.host, config.server.port
-    log.info("jobserv-bridge %s listening on http://%s:%d/webhook", __version__, host, port)
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        shutdown_timeout=config.server.shutdown_timeout,
-        print=None,
-        access_log=None,
-    )
+
+    def listening(_: str) -> None:  # run_app calls this once the socket is bound
+        log.info("jobserv-bridge %s listening on http://%s:%d/webhook", __version__, host, port)
+
+    try:
+        web.run_app(
+            create_app(config, redact),
+            host=host,
+            port=port,
+            shutdown_timeout=config.server.shutdown_timeout,
+            print=listening,
+            access_log=None,
+        )
+    except OSError as exc:
+        print(
+            f"jobserv-bridge: cannot listen on {host}:{port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     log.info("stopped")
     return 0
 
 
-def _render(config: Config, args: argparse.Namespace) -> int:
+def _read_build(path: Path) -> Build:
     try:
-        build = parse_build(args.payload.read_bytes())
+        return parse_build(path.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc.strerror}") from None
+    except NotABuild as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def _routes(config: Config, args: argparse.Namespace) -> int:
+    build = _read_build(args.payload)
+    print(
+        f"build: factory {build.factory}, trigger {build.trigger_name or '(none)'},"
+        f" #{build.build_id} {build.status}"
+    )
+    for match in explain(config.routes, build):
+        print(f"routes[{match.index}]: {'match' if match.matched else 'no match'}: {match.why}")
+    names = destinations_for(config.routes, build)
+    print(f"destinations: {', '.join(names) if names else '(none)'}")
+    return 0
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CommandError(f"--url {url!r}: expected http(s)://HOST[:PORT]/webhook")
+
+
+def _send_test(args: argparse.Namespace) -> int:
+    _check_url(args.url)
+    secret = os.environ.get(args.secret_env)
+    if not secret:
+        raise CommandError(f"environment variable {args.secret_env} is not set")
+    try:
+        if args.payload is not None:
+            body = args.payload.read_bytes()
+        else:
+            body = resources.files("bridge").joinpath("samples", "failed-build.json").read_bytes()
     except OSError as exc:
         raise CommandError(f"{args.payload}: cannot read: {exc.strerror}") from None
-    except NotABuild as exc:
-        raise CommandError(f"{args.payload}: {exc}") from None
+    request = urllib.request.Request(
+        args.url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, answer = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        reason = " ".join(str(reason).split())  # what a server sent may hold line breaks
+        print(f"jobserv-bridge: cannot reach {args.url}: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(status, answer.decode("utf-8", "replace"))
+    return 0 if 200 <= status < 300 else EXIT_FAILURE
+
+
+async def _failed_tests(config: Config, build: Build, most_runs: int) -> dict[str, RunTests]:
+    """The failed tests a delivery would look up, so that the preview matches."""
+    assert config.jobserv is not None
+    async with aiohttp.ClientSession() as session:
+        fetcher = FailedTestsFetcher(session)
+        try:
+            return await fetcher.for_build(build, config.jobserv, most_runs)
+        finally:
+            await fetcher.close()
+
+
+def _render(config: Config, args: argparse.Namespace) -> int:
+    build = _read_build(args.payload)
     if args.destination is not None:
         if args.destination not in config.destinations:
             raise CommandError(f'no destination named "{args.destination}"')
@@ -123,14 +227,25 @@ def _render(config: Config, args: argparse.Namespace) -> int:
         if not names:
             print("no route sends this build anywhere", file=sys.stderr)
             return 0
+    most_runs = max(config.destinations[name].max_failed_runs for name in names)
+    tests = asyncio.run(_failed_tests(config, build, most_runs)) if config.jobserv else None
     for name in names:
         try:
-            body = config.templates[name].render(context(build, event_id=0, destination=name))
+            settings = config.destinations[name]
+            rendered = config.templates[name].render_within(
+                context(build, event_id=0, destination=name, tests=tests),
+                CHAT_TYPES[settings.type].fits,
+                settings.max_failed_runs,
+            )
         except TemplateError as exc:
             raise CommandError(f"destination {name}: {exc}") from None
         if len(names) > 1:
-            print(f"# {name} ({config.destinations[name].type})", file=sys.stderr)
-        print(body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False))
+            print(f"# {name} ({config.destinations[name].type})", file=sys.stderr, flush=True)
+        if rendered.cut:
+            print(f"# {rendered.hidden} failed runs left out to fit", file=sys.stderr, flush=True)
+        body = rendered.body
+        text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
+        print(text, flush=True)
     return 0
 
 
@@ -142,7 +257,7 @@ def _age(seconds: float) -> str:
 
 
 async def _outbox(config: Config, args: argparse.Namespace) -> int:
-    store: Store = open_store(str(config.store.path))
+    store: Store = open_store(config.store)
     await store.open(serving=False)
     try:
         now = time.time()
@@ -180,11 +295,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"jobserv-bridge: {args.file}: cannot read: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         return 0
+    if args.command == "send-test":
+        try:
+            return _send_test(args)
+        except CommandError as exc:
+            print(f"jobserv-bridge: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
+            # Problems with the file as a whole already start with its name.
+            if not problem.startswith(f"{args.config}: "):
+                problem = f"{args.config}: {problem}"
+            print(problem, file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.command == "check-config":
@@ -195,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "render":
             return _render(config, args)
+        if args.command == "routes":
+            return _routes(config, args)
         if args.command == "outbox":
             return asyncio.run(_outbox(config, args))
         return _serve(config, args)

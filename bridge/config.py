@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.durations import Duration
@@ -39,8 +49,32 @@ class ServerConfig(_Section):
 
 
 class StoreConfig(_Section):
+    """SQLite at `path` (one process), or PostgreSQL at `url` (replicas may share it)."""
+
     path: Path = Path("var/bridge.sqlite3")
-    url: SecretStr | None = None
+    url: SecretStr | None = None  # postgresql://user:password@host:port/database
+    pool_size: int = Field(default=10, ge=1, description="PostgreSQL connections per process")
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            try:
+                parts = urlsplit(url.get_secret_value())
+                parts.port  # noqa: B018 (raises on a port that is not a number)
+            except ValueError:
+                raise ValueError(
+                    "not a URL: expected postgresql://user:password@host/database"
+                ) from None
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError("expected a postgresql://user:password@host/database URL")
+        return url
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StoreConfig:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("give either path (SQLite) or url (PostgreSQL), not both")
+        return self
 
 
 class DeliveryConfig(_Section):
@@ -49,6 +83,76 @@ class DeliveryConfig(_Section):
     retry_max: Duration = 600.0
     retention: Duration = 7 * 86400.0
     poll_interval: Duration = 1.0
+
+
+class AdminConfig(_Section):
+    """The status page and its JSON API, on a listener of their own.
+
+    Served only when the config has an `[admin]` section (and `enabled` is not false).
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    # Required off loopback; when set, it is required wherever the listener binds.
+    token: SecretStr | None = None
+
+
+# A token is sent over the network on every request: make guessing it hopeless.
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+# The failed tests of one message are looked up within this, well under a claim's lease.
+JOBSERV_MAX_TIMEOUT = 30.0
+
+
+class JobservConfig(_Section):
+    """The JobServ API, to name the failed tests of failed runs; only read when configured."""
+
+    api_token: SecretStr  # sent as OSF-TOKEN; needs the ci:read scope
+    # Every API URL a build names is asked of this origin instead (the token goes nowhere else).
+    api_url: str = "https://api.foundries.io/"
+    max_failed_tests: int = Field(default=5, ge=1, description="failed tests named per run")
+    # For all the lookups of one message.
+    timeout: Duration = 5.0
+
+    @field_validator("api_token")
+    @classmethod
+    def _not_empty(cls, token: SecretStr) -> SecretStr:
+        if not token.get_secret_value():
+            raise ValueError("must not be empty")
+        return token
+
+    @field_validator("timeout")
+    @classmethod
+    def _short(cls, seconds: float) -> float:
+        if not 0 < seconds <= JOBSERV_MAX_TIMEOUT:
+            raise ValueError(f"must be more than 0s and at most {JOBSERV_MAX_TIMEOUT:g}s")
+        return seconds
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s)://HOST[:PORT]/ URL")
+        if parts.query or parts.fragment:
+            raise ValueError("expected a URL without a query or fragment")
+        return url
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Source(_Section):
@@ -77,12 +181,19 @@ class Config:
     destinations: dict[str, DestinationSettings]
     routes: list[Route]
     templates: dict[str, Template] = field(repr=False)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    jobserv: JobservConfig | None = None  # no [jobserv] section: no API lookups
 
     def secrets(self) -> list[str]:
         """Every secret value the config holds, for redaction."""
         found: list[str] = [s.secret.get_secret_value() for s in self.sources]
         if self.store.url:
-            found.append(self.store.url.get_secret_value())
+            url = self.store.url.get_secret_value()
+            found += [url, urlsplit(url).password or ""]
+        if self.admin.token:
+            found.append(self.admin.token.get_secret_value())
+        if self.jobserv:
+            found.append(self.jobserv.api_token.get_secret_value())
         for destination in self.destinations.values():
             found.extend(_secret_values(destination))
         return [s for s in found if s]
@@ -169,7 +280,8 @@ def _destination(raw: Any, index: int, problems: list[str]) -> DestinationSettin
     kind = raw.get("type") if isinstance(raw, dict) else None
     if kind not in CHAT_TYPES:
         known = ", ".join(sorted(CHAT_TYPES))
-        problems.append(f"{where}.type: unknown destination type {kind!r} (known: {known})")
+        what = "missing" if kind is None else f"unknown destination type {kind!r}"
+        problems.append(f"{where}.type: {what} (known: {known})")
         return None
     return _section(CHAT_TYPES[kind].settings, raw, where, problems)
 
@@ -188,6 +300,26 @@ def _template(destination: DestinationSettings, base: Path, where: str) -> Templ
         raise TemplateError(f"{where}.template: {exc}") from None
 
 
+def _admin_problems(admin: AdminConfig, server: ServerConfig | None) -> list[str]:
+    problems = []
+    token = admin.token.get_secret_value() if admin.token is not None else None
+    if token is None and admin.enabled and not is_loopback(admin.host):
+        problems.append(
+            f'admin.token: required when admin.host ("{admin.host}") is not a loopback address'
+        )
+    if token is not None and len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        problems.append(f"admin.token: must be at least {ADMIN_TOKEN_MIN_LENGTH} characters")
+    if (
+        admin.enabled
+        and server is not None
+        and admin.port != 0
+        and admin.port == server.port
+        and admin.host == server.host
+    ):
+        problems.append(f"admin.port: {admin.port} is already the webhook port (server.port)")
+    return problems
+
+
 def parse_config(text: str, path: Path) -> Config:
     """Validate a config's text; relative paths in it are relative to `path`'s folder."""
     try:
@@ -196,13 +328,21 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
     problems: list[str] = []
-    known = {"server", "store", "delivery", "sources", "destinations", "routes"}
+    known = {"server", "store", "delivery", "admin", "jobserv", "sources", "destinations", "routes"}
     problems += [f"{key}: unknown section" for key in raw if key not in known]
     raw = _expand_environment(raw, (), problems)
 
     server = _section(ServerConfig, raw.get("server"), "server", problems)
     store = _section(StoreConfig, raw.get("store"), "store", problems)
     delivery = _section(DeliveryConfig, raw.get("delivery"), "delivery", problems)
+    admin = _section(AdminConfig, raw.get("admin"), "admin", problems)
+    jobserv = (
+        _section(JobservConfig, raw["jobserv"], "jobserv", problems) if "jobserv" in raw else None
+    )
+    if "admin" not in raw and admin is not None:
+        admin = admin.model_copy(update={"enabled": False})
+    if admin is not None:
+        problems += _admin_problems(admin, server)
     sources = _list_of(Source, raw.get("sources"), "sources", problems)
     routes = _list_of(Route, raw.get("routes"), "routes", problems)
 
@@ -248,14 +388,13 @@ def parse_config(text: str, path: Path) -> Config:
                 problems.append(
                     f'routes[{r_index}].destinations[{d_index}]: no destination named "{name}"'
                 )
-    if store is not None and store.url is not None:
-        problems.append("store.url: this version stores in SQLite only; use store.path")
-
-    if problems or server is None or store is None or delivery is None:
+    if problems or server is None or store is None or delivery is None or admin is None:
         raise ConfigError(problems)
     if not store.path.is_absolute():
         store = store.model_copy(update={"path": base / store.path})
-    return Config(path, server, store, delivery, sources, destinations, routes, templates)
+    return Config(
+        path, server, store, delivery, sources, destinations, routes, templates, admin, jobserv
+    )
 
 
 def load_config(path: Path | str) -> Config:
@@ -263,5 +402,6 @@ def load_config(path: Path | str) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError([f"{path}: cannot read: {reason}"]) from None
     return parse_config(text, path)

@@ -15,9 +15,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from bridge.chats import Chat, DestinationSettings
-from bridge.config import Config, DeliveryConfig
-from bridge.jobserv import NotABuild, parse_build
+from bridge.chats import CHAT_TYPES, Chat, DestinationSettings
+from bridge.config import Config, DeliveryConfig, JobservConfig
+from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.jobserv import Build, NotABuild, parse_build
+from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception
 from bridge.redact import Redactor
 from bridge.render import Template, TemplateError, context
@@ -49,6 +51,11 @@ class TokenBucket:
         self.tokens -= 1.0
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def empty(self) -> None:
+        """Start again with no token: the next message waits 1/rate."""
+        self.tokens = 0.0
+        self.updated = time.monotonic()
+
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with jitter: about initial * 2^(attempt-1), never above maximum."""
@@ -65,9 +72,16 @@ class Lane:
     policy: DeliveryConfig
     slots: asyncio.Semaphore
     redact: Redactor
+    metrics: Metrics
     bucket: TokenBucket = field(init=False)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    # Replicas sharing a store: only the one that owns a lane claims its deliveries.
+    owned: bool = False
+    waited: bool = False  # another replica owned the lane since this one started
+    # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
+    tests: FailedTestsFetcher | None = None
+    jobserv: JobservConfig | None = None
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
@@ -77,12 +91,45 @@ class Lane:
         return self.settings.name
 
     async def run(self) -> None:
-        while not self.stopping:
-            try:
-                await self._step()
-            except Exception:
-                log.exception("lane %s: store error, trying again shortly", self.name)
-                await self._sleep(self.policy.poll_interval)
+        try:
+            while not self.stopping:
+                try:
+                    if await self._own():
+                        await self._step()
+                    else:
+                        await self._wait_for_lane()
+                except Exception:
+                    log.exception("lane %s: store error, trying again shortly", self.name)
+                    await self._sleep(self.policy.poll_interval)
+        finally:
+            if self.owned:
+                self.owned = False
+                with contextlib.suppress(Exception):
+                    await self.store.release_lane(self.name)
+
+    async def _own(self) -> bool:
+        """Whether this process owns the lane now (always, unless replicas share the store)."""
+        try:
+            owned = await self.store.own_lane(self.name)
+        except Exception:
+            self.owned, self.waited = False, True
+            raise
+        if owned and not self.owned and self.waited:
+            # Another replica sent on this lane, lately perhaps: start with an empty
+            # bucket so that the rate limit holds across the handover.
+            self.bucket.empty()
+            log.info("lane %s: taken over from another replica", self.name)
+        elif self.owned and not owned:
+            log.warning("lane %s: now owned by another replica", self.name)
+        self.waited = self.waited or not owned
+        self.owned = owned
+        return owned
+
+    async def _wait_for_lane(self) -> None:
+        """Sleep a poll interval: new events do not free another replica's lane."""
+        deadline = time.monotonic() + self.policy.poll_interval
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            await self._sleep(left)
 
     async def _step(self) -> None:
         now = time.time()
@@ -94,17 +141,27 @@ class Lane:
                 wait = min(wait, max(claim.next_due - now, 0.0))
             await self._sleep(wait)
             return
-        for index, delivery in enumerate(claim.deliveries):
-            if self.stopping:
-                await self.store.release([d.id for d in claim.deliveries[index:]])
-                return
-            await asyncio.sleep(self.bucket.delay())
-            async with self.slots:
-                outcome = await self.deliver(delivery)
-            held = await self.record(delivery, outcome)
-            if held:  # the head must wait: keep the rest behind it
-                await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
-                return
+        index = 0
+        try:
+            for index, delivery in enumerate(claim.deliveries):
+                if self.stopping or not await self._own():
+                    await self.store.release([d.id for d in claim.deliveries[index:]])
+                    return
+                await asyncio.sleep(self.bucket.delay())
+                async with self.slots:
+                    outcome = await self.deliver(delivery)
+                held = await self.record(delivery, outcome)
+                if held:  # the head must wait: keep the rest behind it
+                    await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
+                    return
+        except asyncio.CancelledError:
+            # Stopped past the grace (a reload, a shutdown): give the claims back, or the
+            # lane that a reload starts next would wait for their lease (a minute) to run out.
+            # Briefly: a stuck store must not hold the reload or the shutdown up.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.store.release([d.id for d in claim.deliveries[index:]])
+            raise
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -114,71 +171,141 @@ class Lane:
     async def deliver(self, delivery: Delivery) -> Outcome:
         try:
             build = parse_build(delivery.body)
-            body = self.template.render(
-                context(build, event_id=delivery.event_id, destination=self.name)
+            tests = await self._failed_tests(build)
+            rendered = self.template.render_within(
+                context(build, event_id=delivery.event_id, destination=self.name, tests=tests),
+                CHAT_TYPES[self.settings.type].fits,
+                self.settings.max_failed_runs,
             )
         except (TemplateError, NotABuild) as exc:
-            return Failed(f"cannot render: {exc}")
+            return Failed(f"cannot render: {exc}", code="template")
+        body = rendered.body
+        if rendered.cut:
+            self.metrics.truncations.labels(self.name).inc()
+            log.info(
+                "delivery %d to %s: %d failed runs left out to fit the chat's limits",
+                delivery.id,
+                self.name,
+                rendered.hidden,
+                extra={"delivery_id": delivery.id, "destination": self.name},
+            )
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):
                 return await self.chat.send(body, delivery.id)
         except TimeoutError:
-            return Retry(f"no answer within {self.settings.timeout:g}s")
+            return Retry(f"no answer within {self.settings.timeout:g}s", code="timeout")
         except Exception as exc:
             return from_exception(exc)
+        finally:
+            self.metrics.send_seconds.labels(self.name).observe(time.monotonic() - started)
+
+    async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
+        if self.tests is None or self.jobserv is None:
+            return None
+        return await self.tests.for_build(build, self.jobserv, self.settings.max_failed_runs)
 
     async def record(self, delivery: Delivery, outcome: Outcome) -> bool:
         """Store the outcome; True when the lane must wait for this delivery."""
         now = time.time()
         attempt = delivery.attempts + 1
-        where = f"delivery {delivery.id} (event {delivery.event_id}) to {self.name}"
+        where = (
+            f"delivery {delivery.id} of event {delivery.event_id}"
+            f" ({delivery.factory} #{delivery.build_id}) to {self.name}"
+        )
+        fields = {
+            "event_id": delivery.event_id,
+            "delivery_id": delivery.id,
+            "factory": delivery.factory,
+            "build": delivery.build_id,
+            "destination": self.name,
+            "attempt": attempt,
+        }
         if isinstance(outcome, Sent):
             await self.store.mark_sent(delivery.id, now)
-            log.info("%s sent after %d attempt(s)", where, attempt)
+            self.metrics.deliveries.labels(self.name, "sent", "").inc()
+            self.metrics.accept_to_sent_seconds.labels(self.name).observe(now - delivery.created_at)
+            log.info("%s: sent (attempt %d)", where, attempt, extra={**fields, "outcome": "sent"})
             return False
         reason = self.redact(outcome.reason)
+        code = outcome.code
         if isinstance(outcome, Retry):
             age = now - delivery.created_at
             limit = self.settings.max_attempts
             if (limit and attempt >= limit) or age >= self.settings.max_age:
                 reason = f"gave up after {attempt} attempts over {age:.0f}s: {reason}"
+                code = "gave_up"
             else:
                 wait = outcome.after
                 if wait is None:
                     wait = backoff(attempt, self.policy.retry_initial, self.policy.retry_max)
                 await self.store.mark_retry(delivery.id, now + wait, reason, now)
-                log.warning("%s: %s; retry %d in %.1fs", where, reason, attempt, wait)
+                self.metrics.deliveries.labels(self.name, "retry", code).inc()
+                self.metrics.retries.labels(self.name).inc()
+                log.warning(
+                    "%s: %s; attempt %d, next in %.1fs",
+                    where,
+                    reason,
+                    attempt,
+                    wait,
+                    extra={**fields, "outcome": "retry", "reason": reason},
+                )
                 return True
         await self.store.mark_dead(delivery.id, reason, now)
-        log.error("%s failed for good, kept as a dead letter: %s", where, reason)
+        self.metrics.deliveries.labels(self.name, "dead", code).inc()
+        log.error(
+            "%s: failed for good, kept as a dead letter: %s",
+            where,
+            reason,
+            extra={**fields, "outcome": "dead", "reason": reason},
+        )
         return False
 
 
 class Dispatcher:
-    """Runs one lane per configured destination until stopped."""
+    """Runs one lane per configured destination until stopped; a reload replaces the lanes."""
 
     def __init__(
-        self, config: Config, store: Store, chats: dict[str, Chat], redact: Redactor
+        self,
+        config: Config,
+        store: Store,
+        chats: dict[str, Chat],
+        redact: Redactor,
+        metrics: Metrics,
+        tests: FailedTestsFetcher | None = None,
     ) -> None:
         self.store = store
+        self.redact = redact
+        self.metrics = metrics
+        self.tests = tests
         self.retention = config.delivery.retention
+        self.lanes = self._lanes(config, chats)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pruner: asyncio.Task[None] | None = None
+
+    def _lanes(self, config: Config, chats: dict[str, Chat]) -> dict[str, Lane]:
         slots = asyncio.Semaphore(config.delivery.concurrency)
-        self.lanes = {
+        return {
             name: Lane(
                 settings,
                 chats[name],
                 config.templates[name],
-                store,
+                self.store,
                 config.delivery,
                 slots,
-                redact,
+                self.redact,
+                self.metrics,
+                tests=self.tests,
+                jobserv=config.jobserv,
             )
             for name, settings in config.destinations.items()
         }
-        self.tasks: list[asyncio.Task[None]] = []
-        self.pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._start_lanes()
+        self.pruner = asyncio.create_task(self._prune(), name="prune")
+
+    async def _start_lanes(self) -> None:
         orphans = await self.store.kill_orphans(set(self.lanes), time.time())
         if orphans:
             log.warning("%d pending deliveries to removed destinations are now dead", orphans)
@@ -186,7 +313,13 @@ class Dispatcher:
             asyncio.create_task(lane.run(), name=f"lane {name}")
             for name, lane in self.lanes.items()
         ]
-        self.pruner = asyncio.create_task(self._prune(), name="prune")
+
+    async def reconfigure(self, config: Config, chats: dict[str, Chat], grace: float) -> None:
+        """Swap in the lanes of a new config; what is pending to a removed destination dies."""
+        await self._stop_lanes(grace)
+        self.retention = config.delivery.retention
+        self.lanes = self._lanes(config, chats)
+        await self._start_lanes()
 
     def wake(self, destinations: list[str]) -> None:
         for name in destinations:
@@ -204,17 +337,22 @@ class Dispatcher:
                 log.exception("pruning the store failed")
             await asyncio.sleep(3600)
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming; let sends in flight finish within `grace`; leave the rest queued."""
+    async def _stop_lanes(self, grace: float) -> None:
         for lane in self.lanes.values():
             lane.stopping = True
             lane.wakeup.set()
         pending: set[asyncio.Task[None]] = set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=grace)
-        if self.pruner is not None:
-            pending.add(self.pruner)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        # Claims of cancelled sends are released when the store is next opened to serve.
+        # A cancelled send keeps its claim until the lease runs out; then it is
+        # claimed again (at once when SQLite is next opened to serve).
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let sends in flight finish within `grace`; leave the rest queued."""
+        if self.pruner is not None:
+            self.pruner.cancel()
+            await asyncio.gather(self.pruner, return_exceptions=True)
+        await self._stop_lanes(grace)

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,11 +26,14 @@ class Sent:
 class Retry:
     reason: str
     after: float | None = None  # seconds the chat asked us to wait; None: use backoff
+    # A short, bounded label for metrics (http_503, timeout, ...); not part of equality.
+    code: str = field(default="retry", compare=False)
 
 
 @dataclass(frozen=True)
 class Failed:
     reason: str
+    code: str = field(default="failed", compare=False)
 
 
 Outcome = Sent | Retry | Failed
@@ -49,7 +52,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    return bounded_seconds(seconds)
+
+
+def bounded_seconds(seconds: float | None) -> float | None:
+    """A pause a chat asked for, kept within 0 and MAX_RETRY_AFTER; None for none or NaN."""
+    if seconds is None or seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
@@ -59,17 +67,34 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def from_http(status: int, headers: Mapping[str, str], body: str) -> Outcome:
-    """Classify a plain HTTP answer (chat webhooks)."""
+def from_http(
+    status: int,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    retry_after: float | None = None,
+    error: str | None = None,
+) -> Outcome:
+    """Classify a plain HTTP answer (chat webhooks).
+
+    A chat passes its own signals here rather than deciding itself: `retry_after`,
+    the seconds its answer asks for in its own way (Discord's `retry_after` body
+    field, Matrix's `retry_after_ms`), preferred to a Retry-After header; `error`,
+    an error reported in a 2xx answer (Rocket.Chat's `"success": false`).
+    """
     if 200 <= status < 300:
-        return Sent()
+        if error is None:
+            return Sent()
+        return Failed(f"HTTP {status}: {_short(error)}", code="chat_error")
     detail = f"HTTP {status}" + (f": {_short(body)}" if body.strip() else "")
+    asked = bounded_seconds(retry_after)
+    if asked is None:
+        asked = parse_retry_after(headers.get("Retry-After"))
     if status == 429:
-        after = parse_retry_after(headers.get("Retry-After"))
-        return Retry(detail, DEFAULT_RETRY_AFTER if after is None else after)
+        return Retry(detail, DEFAULT_RETRY_AFTER if asked is None else asked, code="http_429")
     if status >= 500 or status == 408:
-        return Retry(detail, parse_retry_after(headers.get("Retry-After")))
-    return Failed(detail)
+        return Retry(detail, asked, code=f"http_{status}")
+    return Failed(detail, code=f"http_{status}")
 
 
 def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcome:
@@ -80,18 +105,21 @@ def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcom
     if status == 429 or error == "ratelimited":
         after = parse_retry_after(headers.get("Retry-After"))
         reason = f"slack: {error or 'ratelimited'}"
-        return Retry(reason, DEFAULT_RETRY_AFTER if after is None else after)
+        return Retry(reason, DEFAULT_RETRY_AFTER if after is None else after, code="ratelimited")
     if status >= 500 or error in {"internal_error", "fatal_error", "service_unavailable"}:
-        return Retry(f"slack: HTTP {status}" + (f" {error}" if error else ""))
-    return Failed(f"slack: {error}" if error else f"slack: HTTP {status}")
+        reason = f"slack: HTTP {status}" + (f" {error}" if error else "")
+        return Retry(reason, parse_retry_after(headers.get("Retry-After")), code=f"http_{status}")
+    if error:
+        return Failed(f"slack: {error}", code=f"slack_{error}"[:64])
+    return Failed(f"slack: HTTP {status}", code=f"http_{status}")
 
 
 def from_exception(exc: BaseException) -> Outcome:
     """Classify an exception raised while sending: the network is worth another try."""
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return Retry("timed out")
+        return Retry("timed out", code="timeout")
     if isinstance(exc, aiohttp.ClientResponseError):
         return from_http(exc.status, exc.headers or {}, exc.message)
     if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
-        return Retry(f"connection error: {type(exc).__name__}")
-    return Failed(f"unexpected error: {type(exc).__name__}")
+        return Retry(f"connection error: {type(exc).__name__}", code="connection")
+    return Failed(f"unexpected error: {type(exc).__name__}", code="unexpected")

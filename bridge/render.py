@@ -7,18 +7,23 @@ quoted and escaped), so nothing a build carries can break the document.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bridge.chats.base import Body
+from bridge.chats.base import Body, Fits
 from bridge.jobserv import Build
+from bridge.markup import html, html_link, markdown, markdown_link
+
+if TYPE_CHECKING:
+    from bridge.failed_tests import RunTests
 
 REASON_LIMIT = 150
 
@@ -44,7 +49,9 @@ def mrkdwn(text: Any) -> str:
 
 
 def slack_link(url: Any, text: Any) -> str:
-    return f"<{url}|{mrkdwn(text).replace('|', '¦')}>"
+    """A Slack link; `<`, `>` and `|` would end it early, so they are escaped in both parts."""
+    href = str(url).replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+    return f"<{href}|{mrkdwn(text).replace('|', '¦')}>"
 
 
 def shorten(value: Any, limit: int = REASON_LIMIT) -> str:
@@ -56,6 +63,22 @@ def first_line(text: Any) -> str:
     for line in str(text or "").splitlines():
         if line.strip():
             return line.strip()
+    return ""
+
+
+def fit_lines(lines: Any, limit: int, more: int = 0, what: str = "", separator: str = "\n") -> str:
+    """The first lines that fit in `limit` characters, then "…and N more <what>" for the rest.
+
+    `more` counts items not in `lines` at all; the tail is kept within the limit too.
+    """
+    lines = [str(line) for line in lines]
+    ends = list(itertools.accumulate((len(line) + len(separator) for line in lines), initial=0))
+    for count in range(len(lines), -1, -1):
+        left = len(lines) - count + more
+        tail = f"…and {left} more{' ' + what if what else ''}" if left else ""
+        size = ends[count] + len(tail) - (len(separator) if count and not tail else 0)
+        if size <= limit:
+            return separator.join(lines[:count] + ([tail] if tail else []))
     return ""
 
 
@@ -81,11 +104,14 @@ def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
     env.filters.update(
         mrkdwn=mrkdwn,
         shorten=shorten,
+        fit_lines=fit_lines,
         first_line=first_line,
         duration=duration_text,
         tojson=_to_json,
+        markdown=markdown,
+        html=html,
     )
-    env.globals.update(slack_link=slack_link)
+    env.globals.update(slack_link=slack_link, markdown_link=markdown_link, html_link=html_link)
     return env
 
 
@@ -93,10 +119,49 @@ _ENVIRONMENTS = {kind: _environment(kind) for kind in ("json", "text")}
 
 
 @dataclass(frozen=True)
+class Rendered:
+    body: Body
+    hidden: int  # failed runs left out (over the destination's maximum, or to fit the chat)
+    cut: bool = False  # whether the chat's size limits made us leave runs out
+
+
+@dataclass(frozen=True)
 class Template:
     name: str
     kind: Literal["json", "text"]
     compiled: jinja2.Template
+
+    def render_within(
+        self, context: dict[str, Any], fits: Fits | None, most: int | None = None
+    ) -> Rendered:
+        """Render with at most `most` failed runs, and as many as the chat's limits allow.
+
+        Templates list `failed_runs` and say `more_failed` more exist; everything
+        else (header, build link, reason) is always kept.
+        """
+        failed = context["failed_runs"]
+
+        def showing(count: int) -> Body:
+            return self.render(
+                {**context, "failed_runs": failed[:count], "more_failed": len(failed) - count}
+            )
+
+        count = len(failed) if most is None else min(most, len(failed))
+        body = showing(count)
+        if fits is None or (problem := fits(body)) is None:
+            return Rendered(body, len(failed) - count)
+        best: tuple[int, Body] | None = None
+        low, high = 0, count - 1
+        while low <= high:  # the most runs that fit: fitting only gets easier with fewer
+            middle = (low + high) // 2
+            candidate = showing(middle)
+            if fits(candidate) is None:
+                best, low = (middle, candidate), middle + 1
+            else:
+                high = middle - 1
+        if best is None:
+            raise TemplateError(f"{self.name}: the message is over the chat's limits: {problem}")
+        return Rendered(best[1], len(failed) - best[0], cut=True)
 
     def render(self, context: dict[str, Any]) -> Body:
         try:
@@ -149,16 +214,29 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     return max((end - start).total_seconds(), 0.0)
 
 
-def context(build: Build, *, event_id: int, destination: str) -> dict[str, Any]:
-    """Everything a template can use; documented in the README."""
+def context(
+    build: Build,
+    *,
+    event_id: int,
+    destination: str,
+    tests: dict[str, RunTests] | None = None,
+) -> dict[str, Any]:
+    """Everything a template can use; documented in the README.
+
+    `tests`: the failed tests of failed runs, by run name, when looked up.
+    """
     runs = []
     for run in build.runs:
         data = run.model_dump(mode="json")
         seconds = _seconds_between(run.created, run.completed)
+        found = (tests or {}).get(run.name)
         data.update(
             link=run.web_url or run.log_url or run.url,
             duration=seconds,
             duration_text=duration_text(seconds),
+            failed_tests=[test.as_context() for test in found.failed] if found else [],
+            more_failed_tests=found.more if found else 0,
+            tests_unavailable=found.unavailable if found else False,
         )
         runs.append(data)
     failed = [r for r in runs if r["status"] == "FAILED"]
@@ -179,6 +257,7 @@ def context(build: Build, *, event_id: int, destination: str) -> dict[str, Any]:
         "passed": build.status == "PASSED",
         "runs": runs,
         "failed_runs": failed,
+        "more_failed": 0,
         "passed_runs": passed,
         "other_runs": other,
         "counts": {

@@ -1,27 +1,50 @@
-"""The aiohttp app: intake on POST /webhook, and /healthz."""
+"""The aiohttp app: intake on POST /webhook; /healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.chats import CHAT_TYPES
-from bridge.config import Config
+from bridge.admin import AdminListener
+from bridge.chats import CHAT_TYPES, Chat
+from bridge.config import Config, ConfigError, load_config
 from bridge.delivery import Dispatcher
+from bridge.failed_tests import FailedTestsFetcher
 from bridge.jobserv import SIGNATURE_HEADER, NotABuild, parse_build, signature_digest, signed_by
+from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.routing import destinations_for
 from bridge.store import NewEvent, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("bridge.intake")
 
-CONFIG = web.AppKey("config", Config)
+
+@dataclass
+class Live:
+    """The config in force, and what a SIGHUP reload needs to replace it."""
+
+    config: Config
+    redact: Redactor
+    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", Metrics)
+ADMIN = web.AppKey("admin", AdminListener)  # set when [admin] enabled
+
+# /readyz waits this long for the store to take a write.
+READY_TIMEOUT = 2.0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -46,7 +69,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def webhook(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    response = await _intake(request)
+    outcome = {202: "accepted", 200: "duplicate"}.get(response.status, str(response.status))
+    request.app[METRICS].webhooks.labels(outcome).inc()
+    return response
+
+
+async def _intake(request: web.Request) -> web.Response:
+    config = request.app[LIVE].config
     limit = config.server.max_body_size
     try:
         body = await _read_body(request, limit)
@@ -90,11 +120,24 @@ async def webhook(request: web.Request) -> web.Response:
 
     answer = {"event_id": accepted.event_id, "deliveries": accepted.deliveries}
     what = f"event {accepted.event_id}: {build.factory} {event.trigger} #{build.build_id}"
+    fields = {
+        "event_id": accepted.event_id,
+        "factory": build.factory,
+        "trigger": event.trigger,
+        "build": build.build_id,
+        "status": build.status,
+        "source": source.name,
+    }
     if accepted.duplicate:
-        log.info("%s %s is a repeat; nothing new stored", what, build.status)
+        log.info("%s %s: a repeat, nothing new stored", what, build.status, extra=fields)
         return web.json_response({**answer, "duplicate": True}, status=200)
     log.info(
-        "%s accepted from source %s for %s", what, source.name, destinations or "no destination"
+        "%s %s: accepted from source %s for %s",
+        what,
+        build.status,
+        source.name,
+        ", ".join(destinations) or "no destination",
+        extra=fields,
     )
     request.app[DISPATCHER].wake(destinations)
     return web.json_response(answer, status=202)
@@ -102,6 +145,38 @@ async def webhook(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the config is loaded and the store takes a write."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await request.app[STORE].ping()
+    except TimeoutError:
+        return _error(503, f"store did not take a write within {READY_TIMEOUT:g}s")
+    except StoreUnavailable as exc:
+        return _error(503, f"store is not writable: {exc}")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS]
+    try:
+        # A stuck store must not make the scrape time out: that is when it is needed most.
+        async with asyncio.timeout(READY_TIMEOUT):
+            stats = await request.app[STORE].destination_stats()
+    except (StoreUnavailable, TimeoutError):
+        stats = None  # the counters still tell a story; gauges keep their last values
+    if stats is not None:
+        now = time.time()
+        for name in request.app[LIVE].config.destinations.keys() | stats.keys():
+            found = stats.get(name)
+            oldest = found.oldest_pending_at if found else None
+            registry.pending.labels(name).set(found.pending if found else 0)
+            registry.dead.labels(name).set(found.dead if found else 0)
+            registry.oldest_pending.labels(name).set(now - oldest if oldest else 0)
+    body = generate_latest(registry.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @web.middleware
@@ -117,32 +192,97 @@ async def json_errors(
         return _error(exc.status, exc.reason)
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, redact: Redactor | None = None) -> web.Application:
+    """The bridge's app; `redact` is shared with the logs so a reload updates both."""
     app = web.Application(middlewares=[json_errors], client_max_size=config.server.max_body_size)
-    app[CONFIG] = config
+    app[LIVE] = Live(config, redact or Redactor(config.secrets()))
+    app[METRICS] = Metrics()
+    app[METRICS].last_reload.set(time.time())
     app.router.add_post("/webhook", webhook)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_pipeline)
     return app
 
 
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     """Open the store, the chats' HTTP session and the delivery lanes; close them in reverse."""
-    config = app[CONFIG]
-    store = open_store(str(config.store.path))
+    live = app[LIVE]
+    config = live.config
+    store = open_store(config.store)
     await store.open(serving=True)
     app[STORE] = store
     session = aiohttp.ClientSession()
-    chats = {
-        name: CHAT_TYPES[settings.type].create(settings, session)
-        for name, settings in config.destinations.items()
-    }
-    dispatcher = Dispatcher(config, store, chats, Redactor(config.secrets()))
+    app[SESSION] = session
+    tests = FailedTestsFetcher(session)  # used while the config has a [jobserv] section
+    dispatcher = Dispatcher(
+        config, store, _chats(config, session), live.redact, app[METRICS], tests
+    )
     app[DISPATCHER] = dispatcher
     await dispatcher.start()
+    admin = AdminListener(config, store, dispatcher) if config.admin.enabled else None
+    if admin is not None:
+        await admin.start()
+        app[ADMIN] = admin
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         yield
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await asyncio.gather(*reloads, return_exceptions=True)
+        if admin is not None:
+            await admin.stop()
         await dispatcher.stop(config.server.shutdown_timeout)
+        await tests.close()
         await session.close()
         await store.close()
+
+
+def _chats(config: Config, session: aiohttp.ClientSession) -> dict[str, Chat]:
+    return {
+        name: CHAT_TYPES[settings.type].create(settings, session)
+        for name, settings in config.destinations.items()
+    }
+
+
+async def reload(app: web.Application) -> bool:
+    """Re-read the config file; keep the running config when the new one is refused."""
+    live, metrics = app[LIVE], app[METRICS]
+    async with live.reloading:
+        path = live.config.path
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload of %s refused, the running config stays: %s", path, problem)
+            metrics.reloads.labels("failure").inc()
+            return False
+        for section in ("server", "store", "admin"):
+            if getattr(config, section) != getattr(live.config, section):
+                log.warning("reload: changes to [%s] take effect at the next restart", section)
+        live.redact.add(config.secrets())
+        chats = _chats(config, app[SESSION])
+        grace = live.config.server.shutdown_timeout
+        # Route with the new config before the lanes change: an event routed with the old
+        # one after the removed destinations' deliveries were killed would wait forever.
+        live.config = config
+        await app[DISPATCHER].reconfigure(config, chats, grace)
+        metrics.reloads.labels("success").inc()
+        metrics.last_reload.set(time.time())
+        log.info(
+            "reloaded %s: %d sources, %d destinations, %d routes",
+            path,
+            len(config.sources),
+            len(config.destinations),
+            len(config.routes),
+        )
+        return True

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from bridge.config import StoreConfig
 
 State = Literal["pending", "sent", "dead"]
 
@@ -41,6 +45,8 @@ class Delivery:
     attempts: int  # attempts made before this one
     created_at: float
     body: bytes
+    factory: str = ""
+    build_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,38 @@ class DeliveryRow:
     status: str
 
 
+@dataclass(frozen=True)
+class DestinationStats:
+    pending: int
+    oldest_pending_at: float | None  # created_at of the oldest pending delivery
+    dead: int
+    oldest_dead_at: float | None = None  # created_at of the oldest dead delivery
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A stored event with its deliveries, as the status page shows it."""
+
+    id: int
+    factory: str
+    trigger: str
+    build_id: int
+    status: str
+    received_at: float
+    body: bytes
+    deliveries: list[DeliveryRow]
+
+
+@dataclass(frozen=True)
+class HourActivity:
+    """One hour of the status page's chart."""
+
+    start: float
+    events: int  # events received in the hour
+    failed_builds: int  # of those, builds whose status is FAILED
+    dead_deliveries: int  # deliveries that became dead letters in the hour (by updated_at)
+
+
 class Store(ABC):
     """Backends keep these promises:
 
@@ -76,6 +114,8 @@ class Store(ABC):
     - A destination's pending deliveries are claimed oldest first (by id), and a
       claim stops at the first one not yet due, so a lane stays in order.
     - A claim is a lease: if its holder dies, the delivery becomes claimable again.
+    - A lane (a destination's deliveries) is owned by one serving process at a time,
+      and only its owner claims, so its order and rate limit hold across replicas.
     """
 
     @abstractmethod
@@ -124,8 +164,50 @@ class Store(ABC):
     @abstractmethod
     async def counts(self) -> dict[State, int]: ...
 
+    @abstractmethod
+    async def destination_stats(self) -> dict[str, DestinationStats]:
+        """Pending and dead deliveries per destination that has any."""
 
-def open_store(path: str) -> Store:
+    @abstractmethod
+    async def ping(self) -> None:
+        """Write to the store and commit; raises StoreUnavailable when it cannot."""
+
+    @abstractmethod
+    async def recent_events(
+        self, limit: int, factory: str | None = None, build_id: int | None = None
+    ) -> list[EventRow]:
+        """The newest events first (optionally of one factory, or one build number),
+        each with its deliveries in id order."""
+
+    @abstractmethod
+    async def hourly_activity(self, since: float, hours: int) -> list[HourActivity]:
+        """`hours` consecutive hours from `since`, every hour present (zeros included)."""
+
+    async def own_lane(self, destination: str) -> bool:
+        """Whether this process may claim `destination`'s deliveries now.
+
+        Takes the lane when it is free (releasing the claims its previous owner left);
+        once taken, says whether it is still held. A backend that only one process
+        serves at a time (SQLite) owns every lane.
+        """
+        return True
+
+    async def release_lane(self, destination: str) -> None:
+        """Give the lane up (its lane stopped), so that another replica can take it."""
+        return None
+
+
+def open_store(where: StoreConfig | str | os.PathLike[str]) -> Store:
+    """The store a config's [store] names: PostgreSQL at `url`, else SQLite at `path`.
+
+    A plain path opens that SQLite file.
+    """
     from bridge.store.sqlite import SqliteStore
 
-    return SqliteStore(path)
+    if isinstance(where, str | os.PathLike):
+        return SqliteStore(where)
+    if where.url is not None:
+        from bridge.store.postgres import PostgresStore
+
+        return PostgresStore(where.url.get_secret_value(), pool_size=where.pool_size)
+    return SqliteStore(where.path)

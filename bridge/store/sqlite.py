@@ -15,6 +15,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,9 @@ from bridge.store import (
     Claim,
     Delivery,
     DeliveryRow,
+    DestinationStats,
+    EventRow,
+    HourActivity,
     NewEvent,
     State,
     Store,
@@ -65,6 +69,7 @@ CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (state, updated_at)
     WHERE state != 'pending';
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 
 
@@ -204,19 +209,25 @@ class SqliteStore(Store):
         def work(c: sqlite3.Connection) -> Claim:
             rows = c.execute(
                 "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
-                " d.claimed_until, e.body FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " d.claimed_until, e.body, e.factory, e.build_id"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
                 (destination, limit),
             ).fetchall()
             taken: list[Delivery] = []
             next_due = None
-            for id_, event_id, attempts, created_at, due, claimed_until, body in rows:
+            for id_, event_id, attempts, created_at, due, claimed_until, *event in rows:
                 if claimed_until is not None and claimed_until > now:
                     break  # another claim holds the head: keep the lane in order
                 if due > now:
                     next_due = due if not taken else None
                     break
-                taken.append(Delivery(id_, event_id, destination, attempts, created_at, body))
+                body, factory, build_id = event
+                taken.append(
+                    Delivery(
+                        id_, event_id, destination, attempts, created_at, body, factory, build_id
+                    )
+                )
             c.executemany(
                 "UPDATE deliveries SET claimed_until = ? WHERE id = ?",
                 [(now + lease, d.id) for d in taken],
@@ -315,6 +326,83 @@ class SqliteStore(Store):
         def work(c: sqlite3.Connection) -> dict[State, int]:
             found = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
             return {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+
+        return await self._call(work)
+
+    async def destination_stats(self) -> dict[str, DestinationStats]:
+        def work(c: sqlite3.Connection) -> dict[str, DestinationStats]:
+            rows = c.execute(
+                "SELECT destination, sum(state = 'pending'),"
+                " min(CASE WHEN state = 'pending' THEN created_at END), sum(state = 'dead'),"
+                " min(CASE WHEN state = 'dead' THEN created_at END)"
+                " FROM deliveries WHERE state != 'sent' GROUP BY destination"
+            )
+            return {name: DestinationStats(*stats) for name, *stats in rows}
+
+        return await self._call(work)
+
+    async def ping(self) -> None:
+        now = time.time()
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO heartbeat (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
+        )
+
+    async def recent_events(
+        self, limit: int, factory: str | None = None, build_id: int | None = None
+    ) -> list[EventRow]:
+        def work(c: sqlite3.Connection) -> list[EventRow]:
+            events = c.execute(
+                "SELECT id, factory, trigger, build_id, status, received_at, body FROM events"
+                " WHERE (?1 IS NULL OR factory = ?1) AND (?2 IS NULL OR build_id = ?2)"
+                " ORDER BY id DESC LIMIT ?3",
+                (factory, build_id, limit),
+            ).fetchall()
+            ids = [row[0] for row in events]
+            marks = ",".join("?" * len(ids))
+            deliveries: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
+            for row in c.execute(
+                "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
+                " d.updated_at, d.next_attempt_at, d.last_error,"
+                " e.factory, e.trigger, e.build_id, e.status"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.event_id IN ({marks}) ORDER BY d.id",
+                ids,
+            ):
+                deliveries[row[1]].append(DeliveryRow(*row))
+            return [
+                EventRow(id_, factory_, trigger, build, status, received_at, body, deliveries[id_])
+                for id_, factory_, trigger, build, status, received_at, body in events
+            ]
+
+        return await self._call(work)
+
+    async def hourly_activity(self, since: float, hours: int) -> list[HourActivity]:
+        def work(c: sqlite3.Connection) -> list[HourActivity]:
+            until = since + hours * 3600.0
+            received = {
+                hour: (count, failed)
+                for hour, count, failed in c.execute(
+                    "SELECT CAST((received_at - ?1) / 3600 AS INTEGER), count(*),"
+                    " sum(status = 'FAILED') FROM events"
+                    " WHERE received_at >= ?1 AND received_at < ?2 GROUP BY 1",
+                    (since, until),
+                )
+            }
+            died = dict(
+                c.execute(
+                    "SELECT CAST((updated_at - ?1) / 3600 AS INTEGER), count(*) FROM deliveries"
+                    " WHERE state = 'dead' AND updated_at >= ?1 AND updated_at < ?2 GROUP BY 1",
+                    (since, until),
+                ).fetchall()
+            )
+            return [
+                HourActivity(since + hour * 3600.0, *received.get(hour, (0, 0)), died.get(hour, 0))
+                for hour in range(hours)
+            ]
 
         return await self._call(work)
 

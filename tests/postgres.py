@@ -1,0 +1,58 @@
+"""A real PostgreSQL server for the tests: a fresh database per test.
+
+The server is the one BRIDGE_TEST_POSTGRES_URL names (`. .ci/postgres` starts a
+throwaway one and sets it; .ci/run does so). Without it the PostgreSQL tests are
+skipped, with the reason, except in CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+URL_VARIABLE = "BRIDGE_TEST_POSTGRES_URL"
+
+
+def server_url() -> str:
+    """The test server's URL (any database on it that we may create databases from)."""
+    url = os.environ.get(URL_VARIABLE)
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(
+            f"CI=true but {URL_VARIABLE} is not set: .ci/run must start PostgreSQL"
+            " (. .ci/postgres) before the tests",
+            pytrace=False,
+        )
+    pytest.skip(f"needs PostgreSQL: set {URL_VARIABLE} (`. .ci/postgres` starts a server)")
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """Create an empty database, yield its URL, drop it afterwards."""
+    admin_url = server_url()
+    name = f"bridge_test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

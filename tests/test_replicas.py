@@ -1,0 +1,466 @@
+"""Several `python -m bridge serve` replicas sharing one PostgreSQL store.
+
+The replicas are real processes on one fresh database (tests/postgres.py); the
+fake chat runs in the test process, so what it received survives a replica's
+death. Each event is the failed fixture with its own build_id, url and completed
+time; the generic template writes `build_id` into every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from bridge.config import ConfigError, parse_config
+from bridge.store import NewEvent, open_store
+from bridge.store.postgres import LANE_LOCK_CLASS, PostgresStore
+from tests.conftest import FAILED, SECRET, fixture_body, signed_headers
+from tests.fakes.chat_server import FakeChat, RecordedRequest
+from tests.postgres import fresh_database
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EVENTS = 300
+RATE_LIMIT = 20.0  # messages a second, per destination, with a burst of 1
+DESTINATIONS = ("alerts", "audit")
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def event_body(number: int) -> bytes:
+    """The failed fixture as a distinct event: its own build, url and completion time."""
+    build = json.loads(fixture_body(FAILED))
+    build["build_id"] = number
+    build["url"] = f"https://api.foundries.io/projects/andy-corp/lmp/builds/{number}/"
+    build["web_url"] = f"https://ci.foundries.io/projects/andy-corp/lmp/builds/{number}"
+    minutes, seconds = divmod(number, 60)
+    build["completed"] = f"2026-01-01T10:{minutes:02d}:{seconds:02d}+00:00"
+    return json.dumps(build).encode()
+
+
+def replica_config(folder: Path, port: int, chat: FakeChat) -> Path:
+    """One replica's config: the store URL comes from the environment, as in production."""
+    destinations = "".join(
+        f"""
+        [[destinations]]
+        name = "{name}"
+        type = "generic"
+        url = "{chat.url("/" + name)}"
+        timeout = "2s"
+        rate_limit = {RATE_LIMIT}
+        burst = 1
+        """
+        for name in DESTINATIONS
+    )
+    text = f"""
+        [server]
+        host = "127.0.0.1"
+        port = {port}
+        shutdown_timeout = "3s"
+
+        [store]
+        url = "${{BRIDGE_STORE_URL}}"
+        pool_size = 4
+
+        [delivery]
+        retry_initial = "0.05s"
+        retry_max = "0.2s"
+        poll_interval = "0.1s"
+
+        [admin]
+        enabled = false
+
+        [[sources]]
+        name = "docs-example"
+        secret = "{SECRET}"
+        factories = ["*"]
+        {destinations}
+        [[routes]]
+        notify = ["failed", "passed"]
+        destinations = {json.dumps(list(DESTINATIONS))}
+        """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class Replica:
+    """One `python -m bridge serve` process."""
+
+    def __init__(self, folder: Path, chat: FakeChat, store_url: str) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = replica_config(folder, self.port, chat)
+        self.store_url = store_url
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        return (self.folder / "stderr.txt").read_text(errors="replace")
+
+    async def start(self) -> None:
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "BRIDGE_STORE_URL": self.store_url,
+        }
+        with (self.folder / "stderr.txt").open("wb") as stderr:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge",
+                "serve",
+                "--config",
+                str(self.config),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+                env=environment,
+                cwd=self.folder,
+            )
+
+    async def wait_serving(self, session: aiohttp.ClientSession, deadline: float) -> None:
+        while True:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise AssertionError(f"replica exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(self.url + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replica not serving in time:\n{self.log()}")
+            await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+
+    async def stop(self) -> int:
+        """SIGTERM, and the exit code."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            self.process.kill()
+            return await self.process.wait()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # A fresh connection per request: a killed replica leaves no stale one behind.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=10)
+    ) as client:
+        yield client
+
+
+async def lane_owner(store_url: str, destination: str) -> int | None:
+    """The pid of the replica whose lanes' connection holds `destination`'s lock."""
+    connection = await asyncpg.connect(store_url)
+    try:
+        name = await connection.fetchval(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1"
+            " AND l.objid = hashtext($2)::oid"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            LANE_LOCK_CLASS,
+            destination,
+        )
+    finally:
+        await connection.close()
+    # "jobserv-bridge lanes <pid>@<host>"
+    return None if name is None else int(str(name).split()[2].split("@")[0])
+
+
+async def post_event(
+    session: aiohttp.ClientSession, replicas: list[Replica], first: int, body: bytes
+) -> int:
+    """POST to replicas[first], or, when it does not answer, to the next ones (the retry
+    a load balancer or JobServ makes); the status of the answer."""
+    for index in range(first, first + len(replicas)):
+        replica = replicas[index % len(replicas)]
+        try:
+            async with session.post(
+                replica.url + "/webhook", data=body, headers=signed_headers(body)
+            ) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            continue
+    raise AssertionError("no replica answered")
+
+
+def rate_violations(arrivals: list[float], rate: float, burst: int, slack: float) -> list[str]:
+    """Pairs of arrivals closer than the token bucket allows: n messages after the first
+    need (n - burst) / rate seconds; `slack` allows for network and scheduling jitter."""
+    found = []
+    for i, start in enumerate(arrivals):
+        for j in range(i + burst + 1, len(arrivals)):
+            needed = (j - i - burst) / rate - slack
+            if arrivals[j] - start < needed:
+                found.append(f"messages {i}..{j}: {arrivals[j] - start:.3f}s < {needed:.3f}s")
+    return found
+
+
+async def test_three_replicas_deliver_each_event_once_through_a_kill(
+    tmp_path: Path, fake_chat: FakeChat, postgres_url: str, session: aiohttp.ClientSession
+) -> None:
+    replicas = [Replica(tmp_path / f"replica-{i}", fake_chat, postgres_url) for i in range(3)]
+    await asyncio.gather(*(r.start() for r in replicas))
+    try:
+        deadline = time.monotonic() + 20
+        await asyncio.gather(*(r.wait_serving(session, deadline) for r in replicas))
+
+        # Events one after another, spread over the replicas; every third one is also
+        # sent, at the same moment, to another replica. Half-way, the replica that
+        # owns the "alerts" lane is killed; what was meant for it goes to the next one.
+        statuses: dict[int, list[int]] = {}
+        killed: Replica | None = None
+        killed_at = 0.0
+        for n in range(EVENTS):
+            if n == EVENTS // 2:
+                owner = await lane_owner(postgres_url, "alerts")
+                [killed] = [r for r in replicas if r.pid == owner]
+                killed.kill()
+                killed_at = time.monotonic()
+            body = event_body(n)
+            sends = [post_event(session, replicas, n, body)]
+            if n % 3 == 0:
+                sends.append(post_event(session, replicas, n + 1, body))
+            statuses[n] = list(await asyncio.gather(*sends))
+        assert killed is not None
+
+        # Stored once (202), a repeat recognised (200); after the kill, a 202 may have
+        # been lost with the replica, and the retry elsewhere is then a repeat.
+        assert all(set(s) <= {200, 202} and s.count(202) <= 1 for s in statuses.values())
+        assert all(s.count(202) == 1 for n, s in statuses.items() if n < EVENTS // 2)
+
+        store = PostgresStore(postgres_url)
+        await store.open(serving=False)
+        try:
+            deadline = time.monotonic() + 45
+            while (counts := await store.counts())["pending"]:
+                assert time.monotonic() < deadline, f"still pending: {counts}"
+                await asyncio.sleep(0.2)
+            assert counts == {"pending": 0, "sent": 2 * EVENTS, "dead": 0}
+            assert len(await store.recent_events(2 * EVENTS)) == EVENTS
+        finally:
+            await store.close()
+
+        for name in DESTINATIONS:
+            received = fake_chat.requests_to("/" + name)
+            builds = [r.json["build_id"] for r in received]
+            # Exactly once, but for the send in flight when the owner was killed.
+            assert set(builds) == set(range(EVENTS)), name
+            repeats = [b for b, count in Counter(builds).items() if count > 1]
+            assert len(repeats) <= 1, f"{name}: resent {repeats}"
+            for build in repeats:
+                first = next(r for r in received if r.json["build_id"] == build)
+                assert first.received_at < killed_at, f"{name}: {build} resent, not in flight"
+            # In order: each event was accepted before the next one was sent.
+            assert builds == sorted(builds), name
+            # The rate limit holds across replicas, and across the takeover.
+            arrivals = [r.received_at for r in received]
+            assert rate_violations(arrivals, RATE_LIMIT, 1, slack=0.1) == [], name
+        assert "taken over from another replica" in "".join(r.log() for r in replicas)
+
+        survivors = [r for r in replicas if r is not killed]
+        assert [await r.stop() for r in survivors] == [0, 0]
+    finally:
+        for replica in replicas:
+            if replica.process is not None and replica.process.returncode is None:
+                replica.kill()
+                await replica.process.wait()
+
+
+def _received_builds(requests: list[RecordedRequest]) -> list[int]:
+    return [int(r.json["build_id"]) for r in requests]
+
+
+async def test_a_replica_that_stops_hands_its_lanes_over(
+    tmp_path: Path, fake_chat: FakeChat, postgres_url: str, session: aiohttp.ClientSession
+) -> None:
+    first, second = (Replica(tmp_path / f"replica-{i}", fake_chat, postgres_url) for i in (1, 2))
+    await first.start()
+    try:
+        await first.wait_serving(session, time.monotonic() + 20)
+        await second.start()
+        await second.wait_serving(session, time.monotonic() + 20)
+        assert await lane_owner(postgres_url, "alerts") == first.pid
+
+        assert await first.stop() == 0
+        assert await post_event(session, [second], 0, event_body(1)) == 202
+
+        received = await fake_chat.wait_for(1, timeout=10, path="/alerts")
+        assert _received_builds(received) == [1]
+        assert await lane_owner(postgres_url, "alerts") == second.pid
+    finally:
+        for replica in (first, second):
+            if replica.process is not None and replica.process.returncode is None:
+                await replica.stop()
+
+
+async def test_the_outbox_command_reads_the_shared_store(
+    tmp_path: Path, fake_chat: FakeChat, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica = Replica(tmp_path, fake_chat, postgres_url)
+    monkeypatch.setenv("BRIDGE_STORE_URL", postgres_url)
+    store = open_store(parse_config(replica.config.read_text(), replica.config).store)
+    assert isinstance(store, PostgresStore)
+    await store.open(serving=False)
+    try:
+        await store.accept(_new_event(7), ["alerts"])
+    finally:
+        await store.close()
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "outbox",
+        "--config",
+        str(replica.config),
+        "list",
+        "--pending",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "BRIDGE_STORE_URL": postgres_url},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert "alerts" in out.decode()
+    assert "#7" in out.decode()
+    assert "1 pending" in err.decode()
+
+
+def _new_event(number: int) -> NewEvent:
+    return NewEvent(
+        key=f"event-{number}",
+        factory="andy-corp",
+        trigger="platform-devel",
+        build_id=number,
+        status="FAILED",
+        body=event_body(number),
+        received_at=time.time(),
+    )
+
+
+# -- configuring the store --------------------------------------------------------
+
+
+def _config(tmp_path: Path, store: str, more: str = "") -> str:
+    path = tmp_path / "config.toml"
+    text = f"""
+        {more}
+        [store]
+        {store}
+
+        [[sources]]
+        name = "docs-example"
+        secret = "{SECRET}"
+        factories = ["*"]
+        """
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_a_store_url_from_the_environment_selects_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORE_URL", "postgresql://bridge:pa55-word@db.internal:5433/bridge")
+    path = _config(tmp_path, 'url = "${STORE_URL}"')
+    config = parse_config(Path(path).read_text(), Path(path))
+
+    store = open_store(config.store)
+
+    assert isinstance(store, PostgresStore)
+    assert store.where == "postgresql://bridge@db.internal:5433/bridge"
+    assert "pa55-word" in config.secrets()  # redacted wherever it appears alone
+    assert "pa55-word" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        ('url = "mysql://bridge:pa55-word@db/bridge"', "store.url: expected a postgresql://"),
+        (
+            'url = "postgresql://bridge:pa55-word@db/bridge"\npath = "bridge.sqlite3"',
+            "store: give either path (SQLite) or url (PostgreSQL), not both",
+        ),
+        ('url = "postgresql://bridge:pa55-word@db:port/bridge"', "store.url: not a URL"),
+    ],
+)
+def test_a_bad_store_url_is_a_config_problem_that_keeps_the_secret(
+    tmp_path: Path, store: str, problem: str
+) -> None:
+    path = _config(tmp_path, store)
+
+    with pytest.raises(ConfigError) as failure:
+        parse_config(Path(path).read_text(), Path(path))
+
+    assert any(p.startswith(problem) for p in failure.value.problems), failure.value.problems
+    assert "pa55-word" not in str(failure.value)
+
+
+async def test_serve_without_its_postgresql_exits_with_the_reason_and_no_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nothing listens there
+    path = _config(
+        tmp_path,
+        f'url = "postgresql://bridge:pa55-word@127.0.0.1:{port}/bridge"',
+        more="[admin]\nenabled = false\n[server]\nport = 0\n",
+    )
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        "--config",
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 1
+    assert f"cannot open the PostgreSQL store postgresql://bridge@127.0.0.1:{port}" in err.decode()
+    assert "pa55-word" not in (out + err).decode()

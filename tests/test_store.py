@@ -1,0 +1,524 @@
+"""The store contract, the same tests over both backends: a real SQLite file, and a
+real PostgreSQL database (a fresh one per test; see tests/postgres.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bridge.store import NewEvent, Store, StoreUnavailable
+from bridge.store.postgres import PostgresStore
+from bridge.store.sqlite import SqliteStore
+from tests.postgres import fresh_database
+
+LEASE = 60.0
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[[], Store]  # a new, unopened store on the same data
+    url: str = ""  # PostgreSQL only
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite", lambda: SqliteStore(tmp_path / "outbox.sqlite3"))
+        return
+    async with fresh_database() as url:
+        yield Backend("postgres", lambda: PostgresStore(url), url)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = backend.make()
+    await opened.open(serving=True)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        yield url
+
+
+def event(n: int, *, at: float | None = None, status: str = "FAILED") -> NewEvent:
+    return NewEvent(
+        key=f"event-{n}-{status}",
+        factory="andy-corp",
+        trigger="platform-devel",
+        build_id=n,
+        status=status,
+        body=b'{"build_id": %d}' % n,
+        received_at=time.time() if at is None else at,
+    )
+
+
+async def claim_ids(store: Store, destination: str, now: float, limit: int = 32) -> list[int]:
+    return [d.id for d in (await store.claim(destination, now, limit, LEASE)).deliveries]
+
+
+# -- accept -------------------------------------------------------------------
+
+
+async def test_accept_stores_the_event_and_one_pending_delivery_per_destination(
+    store: Store,
+) -> None:
+    accepted = await store.accept(event(1), ["ci-alerts", "audit"])
+
+    assert not accepted.duplicate
+    assert accepted.deliveries == 2
+    rows = await store.list_deliveries()
+    assert sorted(r.destination for r in rows) == ["audit", "ci-alerts"]
+    assert {(r.event_id, r.state, r.attempts, r.build_id) for r in rows} == {
+        (accepted.event_id, "pending", 0, 1)
+    }
+    assert await store.counts() == {"pending": 2, "sent": 0, "dead": 0}
+
+
+async def test_a_repeat_stores_nothing_and_answers_with_the_first_event(store: Store) -> None:
+    first = await store.accept(event(1), ["ci-alerts", "audit"])
+    again = await store.accept(event(1), ["ci-alerts"])  # routes changed meanwhile
+
+    assert again.duplicate
+    assert (again.event_id, again.deliveries) == (first.event_id, 2)
+    assert await store.counts() == {"pending": 2, "sent": 0, "dead": 0}
+
+
+async def test_an_event_routed_nowhere_is_stored_without_deliveries(store: Store) -> None:
+    accepted = await store.accept(event(1), [])
+
+    assert (accepted.deliveries, accepted.duplicate) == (0, False)
+    assert (await store.accept(event(1), [])).duplicate
+    [stored] = await store.recent_events(10)
+    assert (stored.id, stored.deliveries) == (accepted.event_id, [])
+
+
+async def test_concurrent_repeats_store_the_event_once(store: Store) -> None:
+    results = await asyncio.gather(*(store.accept(event(7), ["a", "b"]) for _ in range(20)))
+
+    assert [r.duplicate for r in results].count(False) == 1
+    assert {(r.event_id, r.deliveries) for r in results} == {(results[0].event_id, 2)}
+    assert await store.counts() == {"pending": 2, "sent": 0, "dead": 0}
+
+
+async def test_accepted_events_survive_closing_and_reopening(backend: Backend) -> None:
+    first = backend.make()
+    await first.open(serving=True)
+    accepted = await first.accept(event(1), ["ci-alerts"])
+    await first.close()
+
+    second = backend.make()
+    await second.open(serving=True)
+    try:
+        assert (await second.accept(event(1), ["ci-alerts"])).duplicate
+        [row] = await second.list_deliveries()
+        assert (row.event_id, row.state) == (accepted.event_id, "pending")
+    finally:
+        await second.close()
+
+
+# -- claims -------------------------------------------------------------------
+
+
+async def test_a_lane_is_claimed_oldest_first_up_to_the_limit(store: Store) -> None:
+    t0 = time.time()
+    for n in range(5):
+        await store.accept(event(n, at=t0), ["ci-alerts", "audit"])
+    alerts = [r.id for r in reversed(await store.list_deliveries(destination="ci-alerts"))]
+
+    claim = await store.claim("ci-alerts", t0 + 1, 3, LEASE)
+
+    assert [d.id for d in claim.deliveries] == alerts[:3]
+    assert [d.build_id for d in claim.deliveries] == [0, 1, 2]
+    assert {d.destination for d in claim.deliveries} == {"ci-alerts"}
+    assert claim.deliveries[0].body == b'{"build_id": 0}'
+    assert await claim_ids(store, "ci-alerts", t0 + 1) == []  # the head is held
+    assert len(await claim_ids(store, "audit", t0 + 1)) == 5  # another lane is not
+
+
+async def test_a_claim_stops_at_the_first_delivery_not_yet_due(store: Store) -> None:
+    t0 = time.time()
+    for n in range(3):
+        await store.accept(event(n, at=t0), ["ci-alerts"])
+    [head, *_] = (await store.claim("ci-alerts", t0, 1, LEASE)).deliveries
+    await store.mark_retry(head.id, t0 + 30, "HTTP 503", t0)
+
+    waiting = await store.claim("ci-alerts", t0 + 1, 32, LEASE)
+    assert waiting.deliveries == []  # the others stay behind the head
+    assert waiting.next_due == pytest.approx(t0 + 30)
+
+    due = await store.claim("ci-alerts", t0 + 31, 32, LEASE)
+    assert len(due.deliveries) == 3
+    assert due.deliveries[0].id == head.id
+    assert due.deliveries[0].attempts == 1
+
+
+async def test_a_claim_is_a_lease_that_expires(store: Store) -> None:
+    t0 = time.time()
+    await store.accept(event(1, at=t0), ["ci-alerts"])
+    taken = await claim_ids(store, "ci-alerts", t0)
+
+    assert await claim_ids(store, "ci-alerts", t0 + LEASE - 1) == []
+    assert await claim_ids(store, "ci-alerts", t0 + LEASE + 1) == taken
+
+
+async def test_released_deliveries_are_claimable_again_in_order(store: Store) -> None:
+    t0 = time.time()
+    for n in range(3):
+        await store.accept(event(n, at=t0), ["ci-alerts"])
+    taken = await claim_ids(store, "ci-alerts", t0)
+
+    await store.release(taken[1:])
+    await store.mark_sent(taken[0], t0)
+
+    assert await claim_ids(store, "ci-alerts", t0) == taken[1:]
+
+
+async def test_outcomes_are_recorded(store: Store) -> None:
+    t0 = time.time()
+    for n in range(3):
+        await store.accept(event(n, at=t0), ["ci-alerts"])
+    sent, retried, dead = await claim_ids(store, "ci-alerts", t0)
+
+    await store.mark_sent(sent, t0 + 1)
+    await store.mark_retry(retried, t0 + 10, "HTTP 500", t0 + 1)
+    await store.mark_dead(dead, "HTTP 404: no_such_channel", t0 + 1)
+
+    rows = {r.id: r for r in await store.list_deliveries()}
+    assert (rows[sent].state, rows[sent].attempts, rows[sent].last_error) == ("sent", 1, None)
+    assert (rows[retried].state, rows[retried].attempts) == ("pending", 1)
+    assert rows[retried].next_attempt_at == pytest.approx(t0 + 10)
+    assert rows[retried].last_error == "HTTP 500"
+    assert (rows[dead].state, rows[dead].last_error) == ("dead", "HTTP 404: no_such_channel")
+    assert await store.counts() == {"pending": 1, "sent": 1, "dead": 1}
+    assert await claim_ids(store, "ci-alerts", t0 + 11) == [retried]
+
+
+# -- the outbox CLI's operations -------------------------------------------------
+
+
+async def test_pending_deliveries_to_removed_destinations_become_dead(store: Store) -> None:
+    t0 = time.time()
+    await store.accept(event(1, at=t0), ["ci-alerts", "old-channel"])
+    await store.accept(event(2, at=t0), ["old-channel"])
+
+    assert await store.kill_orphans({"ci-alerts"}, t0) == 2
+
+    dead = await store.list_deliveries(state="dead")
+    assert {r.destination for r in dead} == {"old-channel"}
+    assert all("old-channel is no longer configured" in (r.last_error or "") for r in dead)
+    assert [r.destination for r in await store.list_deliveries(state="pending")] == ["ci-alerts"]
+
+
+async def test_listing_filters_and_puts_the_newest_first(store: Store) -> None:
+    t0 = time.time()
+    for n in range(4):
+        await store.accept(event(n, at=t0), ["ci-alerts", "audit"])
+    [first, *_] = await claim_ids(store, "audit", t0)
+    await store.mark_dead(first, "HTTP 400", t0)
+
+    newest = await store.list_deliveries(destination="ci-alerts", limit=2)
+    assert [r.build_id for r in newest] == [3, 2]
+    assert [r.id for r in await store.list_deliveries(state="dead")] == [first]
+    assert len(await store.list_deliveries(state="pending", destination="audit")) == 3
+
+
+async def test_retry_queues_dead_letters_again(store: Store) -> None:
+    t0 = time.time()
+    for n in range(3):
+        await store.accept(event(n, at=t0), ["ci-alerts"])
+    a, b, c = await claim_ids(store, "ci-alerts", t0)
+    await store.mark_dead(a, "HTTP 400", t0)
+    await store.mark_dead(b, "HTTP 400", t0)
+    await store.mark_sent(c, t0)
+
+    assert await store.retry([a, c], t0 + 1) == 1  # a sent delivery is not resent
+    assert await claim_ids(store, "ci-alerts", t0 + 1) == [a]
+    assert await store.retry(None, t0 + 2) == 1
+    rows = {r.id: r for r in await store.list_deliveries()}
+    assert (rows[b].state, rows[b].attempts) == ("pending", 0)
+    assert rows[c].state == "sent"
+
+
+async def test_purge_deletes_old_finished_deliveries_and_their_events(store: Store) -> None:
+    t0 = time.time() - 3600
+    await store.accept(event(1, at=t0), ["ci-alerts"])
+    await store.accept(event(2, at=t0), ["ci-alerts"])
+    await store.accept(event(3, at=t0), ["audit"])
+    sent, dead = await claim_ids(store, "ci-alerts", t0)
+    await store.mark_sent(sent, t0)
+    await store.mark_dead(dead, "HTTP 400", t0)
+
+    assert await store.purge(t0 + 1, ("sent",)) == 1
+
+    assert {r.state for r in await store.list_deliveries()} == {"dead", "pending"}
+    assert sorted(e.build_id for e in await store.recent_events(10)) == [2, 3]
+    assert not (await store.accept(event(1), ["ci-alerts"])).duplicate  # gone for good
+
+
+# -- what the status page and /metrics read ---------------------------------------
+
+
+async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
+    t0 = time.time()
+    for n in range(3):
+        await store.accept(event(n, at=t0 + n), ["ci-alerts"])
+    first, *_ = await claim_ids(store, "ci-alerts", t0 + 5)
+    await store.mark_dead(first, "HTTP 400", t0 + 5)
+
+    stats = await store.destination_stats()
+
+    assert set(stats) == {"ci-alerts"}
+    assert (stats["ci-alerts"].pending, stats["ci-alerts"].dead) == (2, 1)
+    assert stats["ci-alerts"].oldest_pending_at == pytest.approx(t0 + 1)
+    assert stats["ci-alerts"].oldest_dead_at == pytest.approx(t0)
+
+
+async def test_recent_events_come_newest_first_with_their_deliveries(store: Store) -> None:
+    for n in range(4):
+        await store.accept(event(n), ["ci-alerts", "audit"])
+
+    events = await store.recent_events(2)
+    assert [e.build_id for e in events] == [3, 2]
+    assert [d.destination for d in events[0].deliveries] == ["ci-alerts", "audit"]
+    assert [e.build_id for e in await store.recent_events(10, build_id=1)] == [1]
+    assert await store.recent_events(10, factory="someone-else") == []
+
+
+async def test_hourly_activity_has_every_hour(store: Store) -> None:
+    since = time.time() - 3 * 3600
+    await store.accept(event(1, at=since + 10), ["ci-alerts"])
+    await store.accept(event(2, at=since + 20, status="PASSED"), [])
+    await store.accept(event(3, at=since + 2 * 3600 + 5), ["ci-alerts"])
+
+    hours = await store.hourly_activity(since, 3)
+
+    assert [(h.events, h.failed_builds) for h in hours] == [(2, 1), (0, 0), (1, 1)]
+    assert hours[1].start == pytest.approx(since + 3600)
+
+
+async def test_a_closed_store_is_unavailable(backend: Backend) -> None:
+    """What /readyz and the intake's 503 rely on."""
+    closed = backend.make()
+    await closed.open(serving=True)
+    await closed.ping()
+    await closed.close()
+
+    with pytest.raises(StoreUnavailable):
+        await closed.ping()
+    with pytest.raises(StoreUnavailable):
+        await closed.accept(event(1), ["ci-alerts"])
+
+
+# -- lanes ----------------------------------------------------------------------
+
+
+async def test_sqlite_owns_every_lane(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "outbox.sqlite3")
+    await store.open(serving=True)
+    try:
+        assert await store.own_lane("ci-alerts")
+        assert await store.own_lane("audit")
+    finally:
+        await store.close()
+
+
+async def test_sqlite_releases_claims_when_it_opens_again(tmp_path: Path) -> None:
+    """One process serves a file: claims found when it starts are a dead process's."""
+    path = tmp_path / "outbox.sqlite3"
+    first = SqliteStore(path)
+    await first.open(serving=True)
+    t0 = time.time()
+    await first.accept(event(1, at=t0), ["ci-alerts"])
+    taken = await claim_ids(first, "ci-alerts", t0)
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open(serving=True)
+    try:
+        assert await claim_ids(second, "ci-alerts", t0) == taken
+    finally:
+        await second.close()
+
+
+# -- PostgreSQL: several replicas on one database ------------------------------
+
+
+async def opened(url: str, count: int) -> list[PostgresStore]:
+    stores = [PostgresStore(url) for _ in range(count)]
+    await asyncio.gather(*(s.open(serving=True) for s in stores))
+    return stores
+
+
+async def test_replicas_starting_together_create_the_schema_once(postgres_url: str) -> None:
+    stores = await opened(postgres_url, 5)
+    try:
+        accepted = await asyncio.gather(*(s.accept(event(1), ["a"]) for s in stores))
+        assert [a.duplicate for a in accepted].count(False) == 1
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        assert await connection.fetch("SELECT version FROM schema_version") == [(1,)]
+    finally:
+        await connection.close()
+
+
+async def test_a_schema_newer_than_the_bridge_is_refused(postgres_url: str) -> None:
+    [store] = await opened(postgres_url, 1)
+    await store.close()
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute("INSERT INTO schema_version (version) VALUES (99)")
+    finally:
+        await connection.close()
+
+    with pytest.raises(StoreUnavailable, match=r"version 99.*upgrade jobserv-bridge"):
+        await PostgresStore(postgres_url).open(serving=True)
+
+
+async def test_replicas_accepting_the_same_events_store_each_once(postgres_url: str) -> None:
+    stores = await opened(postgres_url, 3)
+    try:
+        results = await asyncio.gather(
+            *(stores[i % 3].accept(event(n), ["a", "b"]) for n in range(30) for i in range(3))
+        )
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+    assert sum(not r.duplicate for r in results) == 30
+    [store] = await opened(postgres_url, 1)
+    try:
+        assert await store.counts() == {"pending": 60, "sent": 0, "dead": 0}
+    finally:
+        await store.close()
+
+
+async def test_racing_claims_take_disjoint_deliveries_from_the_head(postgres_url: str) -> None:
+    stores = await opened(postgres_url, 3)
+    try:
+        t0 = time.time()
+        for n in range(40):
+            await stores[0].accept(event(n, at=t0), ["ci-alerts"])
+        order = [r.id for r in reversed(await stores[0].list_deliveries(limit=100))]
+        for round_ in range(5):
+            now = t0 + round_ * (LEASE + 1)  # each round, every earlier claim has expired
+            claims = await asyncio.gather(*(claim_ids(s, "ci-alerts", now, 8) for s in stores))
+            winners = [c for c in claims if c]
+            # One claimer holds the head; any other took nothing rather than rows behind it.
+            assert len(winners) == 1
+            assert winners[0] == order[:8]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_lane_has_one_owner_at_a_time(postgres_url: str) -> None:
+    first, second = await opened(postgres_url, 2)
+    try:
+        assert await first.own_lane("ci-alerts")
+        assert await first.own_lane("ci-alerts")  # still held
+        assert not await second.own_lane("ci-alerts")
+        assert await second.own_lane("audit")  # lanes are independent
+
+        await first.release_lane("ci-alerts")
+        assert await second.own_lane("ci-alerts")
+        assert not await first.own_lane("ci-alerts")
+    finally:
+        await first.close()
+        await second.close()
+
+
+# Takes the lane (when told to), claims every due delivery of it, says which, and
+# waits to be killed.
+_DOOMED_REPLICA = """
+import asyncio, sys, time
+from bridge.store.postgres import PostgresStore
+
+async def main():
+    store = PostgresStore(sys.argv[1])
+    await store.open(serving=True)
+    if sys.argv[2] == "own" and not await store.own_lane("ci-alerts"):
+        raise SystemExit("lane not free")
+    claim = await store.claim("ci-alerts", time.time(), 32, 60.0)
+    print(" ".join(str(d.id) for d in claim.deliveries), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def claimed_by_a_killed_replica(url: str, *, own_lane: bool) -> list[int]:
+    """The deliveries a replica claimed before `kill -9`."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _DOOMED_REPLICA,
+        url,
+        "own" if own_lane else "claim-only",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+    finally:
+        process.kill()
+        await process.wait()
+    return [int(i) for i in line.split()]
+
+
+async def test_a_killed_replicas_lane_and_claims_are_taken_over_at_once(
+    postgres_url: str,
+) -> None:
+    [survivor] = await opened(postgres_url, 1)
+    try:
+        t0 = time.time()
+        for n in range(3):
+            await survivor.accept(event(n, at=t0), ["ci-alerts"])
+
+        taken = await claimed_by_a_killed_replica(postgres_url, own_lane=True)
+        assert len(taken) == 3
+
+        deadline = time.monotonic() + 5
+        while not await survivor.own_lane("ci-alerts"):
+            assert time.monotonic() < deadline, "the killed replica's lane was not freed"
+            await asyncio.sleep(0.05)
+        # Well before the claims' lease runs out.
+        assert await claim_ids(survivor, "ci-alerts", time.time()) == taken
+    finally:
+        await survivor.close()
+
+
+async def test_a_killed_replicas_claims_expire_with_their_lease(postgres_url: str) -> None:
+    [survivor] = await opened(postgres_url, 1)
+    try:
+        t0 = time.time()
+        await survivor.accept(event(1, at=t0), ["ci-alerts"])
+
+        taken = await claimed_by_a_killed_replica(postgres_url, own_lane=False)
+
+        now = time.time()
+        assert await claim_ids(survivor, "ci-alerts", now) == []
+        assert await claim_ids(survivor, "ci-alerts", now + LEASE + 1) == taken
+    finally:
+        await survivor.close()
+
+
+async def test_an_unreachable_server_is_unavailable_without_its_password() -> None:
+    store = PostgresStore("postgresql://bridge:s3cret-password@127.0.0.1:1/bridge")
+
+    with pytest.raises(StoreUnavailable) as failure:
+        await store.open(serving=True)
+
+    assert "127.0.0.1:1/bridge" in str(failure.value)
+    assert "s3cret-password" not in str(failure.value)
