@@ -27,9 +27,10 @@ from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
+from bridge.policy import Transition, transition
 from bridge.redact import Redactor
 from bridge.render import TemplateError, context
-from bridge.routing import destinations_for, explain
+from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
 
 EXIT_FAILURE = 1
@@ -69,9 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     render = with_config("render", "print the exact bodies that would be posted, sending nothing")
     render.add_argument("--payload", required=True, type=Path, help="a JobServ webhook body")
     render.add_argument("--destination", help="render for this destination (default: routed)")
+    render.add_argument(
+        "--previous",
+        type=_previous_argument,
+        default=[],
+        metavar="STATUS[,STATUS...]",
+        help="how the builds before this one ended, newest first (e.g. FAILED,FAILED)",
+    )
 
     routes = with_config("routes", "show which routes and destinations a build reaches, and why")
     routes.add_argument("--payload", required=True, type=Path, help="a JobServ webhook body")
+    routes.add_argument(
+        "--previous",
+        type=_previous_argument,
+        default=[],
+        metavar="STATUS[,STATUS...]",
+        help="how the builds before this one ended, newest first",
+    )
 
     send_test = commands.add_parser(
         "send-test",
@@ -150,15 +165,32 @@ def _read_build(path: Path) -> Build:
         raise CommandError(f"{path}: {exc}") from None
 
 
+def _transition(build: Build, previous: list[str]) -> Transition:
+    """The build's transition, as if the builds before it ended as `previous` (newest first)."""
+    earlier = [(build.build_id - 1 - i, status) for i, status in enumerate(previous)]
+    return transition(build.build_id, build.status, earlier)
+
+
+def _previous_argument(text: str) -> list[str]:
+    statuses = [s.strip().upper() for s in text.split(",") if s.strip()]
+    if not statuses:
+        raise argparse.ArgumentTypeError("expected statuses such as FAILED or PASSED,FAILED")
+    return statuses
+
+
 def _routes(config: Config, args: argparse.Namespace) -> int:
     build = _read_build(args.payload)
+    change = _transition(build, args.previous)
     print(
         f"build: factory {build.factory}, trigger {build.trigger_name or '(none)'},"
-        f" #{build.build_id} {build.status}"
+        f" #{build.build_id} {build.status} ({change.summary})"
     )
-    for match in explain(config.routes, build):
+    for match in explain(config.routes, build, change):
         print(f"routes[{match.index}]: {'match' if match.matched else 'no match'}: {match.why}")
-    names = destinations_for(config.routes, build)
+    found = targets(config.routes, build, change)
+    names = [
+        t.destination + (f" (mentions {' '.join(t.mentions)})" if t.mentions else "") for t in found
+    ]
     print(f"destinations: {', '.join(names) if names else '(none)'}")
     return 0
 
@@ -218,12 +250,14 @@ async def _failed_tests(config: Config, build: Build, most_runs: int) -> dict[st
 
 def _render(config: Config, args: argparse.Namespace) -> int:
     build = _read_build(args.payload)
+    change = _transition(build, args.previous)
+    routed = {t.destination: t.mentions for t in targets(config.routes, build, change)}
     if args.destination is not None:
         if args.destination not in config.destinations:
             raise CommandError(f'no destination named "{args.destination}"')
         names = [args.destination]
     else:
-        names = destinations_for(config.routes, build)
+        names = list(routed)
         if not names:
             print("no route sends this build anywhere", file=sys.stderr)
             return 0
@@ -233,7 +267,14 @@ def _render(config: Config, args: argparse.Namespace) -> int:
         try:
             settings = config.destinations[name]
             rendered = config.templates[name].render_within(
-                context(build, event_id=0, destination=name, tests=tests),
+                context(
+                    build,
+                    event_id=0,
+                    destination=name,
+                    tests=tests,
+                    change=change,
+                    mentions=routed.get(name, ()),
+                ),
                 CHAT_TYPES[settings.type].fits,
                 settings.max_failed_runs,
             )

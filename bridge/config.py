@@ -8,7 +8,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.durations import Duration
+from bridge.policy import Policy
 from bridge.render import Template, TemplateError, default_template, load_template
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -164,11 +165,21 @@ class Source(_Section):
         return "*" in self.factories or factory in self.factories
 
 
+class Owner(_Section):
+    """Who to mention when a run whose name matches `runs` (a glob) fails."""
+
+    runs: str = Field(min_length=1)
+    mention: list[str] = Field(min_length=1)
+
+
 class Route(_Section):
     factories: list[str] | None = None
     triggers: list[str] | None = None
-    notify: list[Literal["failed", "passed"]] = ["failed"]
+    notify: list[Policy] = ["failed"]
     destinations: list[str] = Field(min_length=1)
+    # Added to failure messages, in the chat's own form ("<@U456>", "<!subteam^S123>").
+    mention: list[str] = []
+    owners: list[Owner] = []
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
-from bridge.chats import CHAT_TYPES, Chat, DestinationSettings
+from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
 from bridge.config import Config, DeliveryConfig, JobservConfig
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import Build, NotABuild, parse_build
@@ -173,7 +174,14 @@ class Lane:
             build = parse_build(delivery.body)
             tests = await self._failed_tests(build)
             rendered = self.template.render_within(
-                context(build, event_id=delivery.event_id, destination=self.name, tests=tests),
+                context(
+                    build,
+                    event_id=delivery.event_id,
+                    destination=self.name,
+                    tests=tests,
+                    change=delivery.transition,
+                    mentions=delivery.mentions,
+                ),
                 CHAT_TYPES[self.settings.type].fits,
                 self.settings.max_failed_runs,
             )
@@ -189,16 +197,42 @@ class Lane:
                 rendered.hidden,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
+        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
+            return await self._threaded(self.chat, delivery, body)
+        return await self._send(self.chat.send(body, delivery.id))
+
+    async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):
-                return await self.chat.send(body, delivery.id)
+                return await sending
         except TimeoutError:
             return Retry(f"no answer within {self.settings.timeout:g}s", code="timeout")
         except Exception as exc:
             return from_exception(exc)
         finally:
             self.metrics.send_seconds.labels(self.name).observe(time.monotonic() - started)
+
+    async def _threaded(self, chat: ThreadedChat, delivery: Delivery, body: Body) -> Outcome:
+        """Follow-ups go in the thread of the failure that began the streak; its message is
+        then edited to show the latest state. A fix closes the thread."""
+        assert delivery.transition is not None
+        kind = delivery.transition.kind
+        key = (self.name, delivery.factory, delivery.trigger)
+        thread = await self.store.thread(*key) if kind in ("still_failing", "fixed") else None
+        if thread is None:
+            outcome = await self._send(chat.send(body, delivery.id))
+            if isinstance(outcome, Sent) and outcome.ref and kind != "passed":
+                await self.store.set_thread(*key, None if kind == "fixed" else outcome.ref)
+            return outcome
+        outcome = await self._send(chat.reply(body, delivery.id, thread))
+        if isinstance(outcome, Sent):
+            edited = await self._send(chat.update(thread, body))
+            if not isinstance(edited, Sent):  # the reply is out; an edit is not worth a resend
+                log.warning("%s: could not update the thread's first message", self.name)
+            if kind == "fixed":
+                await self.store.set_thread(*key, None)
+        return outcome
 
     async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
         if self.tests is None or self.jobserv is None:

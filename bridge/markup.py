@@ -11,7 +11,10 @@ from typing import Any
 
 # Characters that start Markdown formatting, links or mentions mid-line. An underscore
 # between letters or digits (build_amd64) formats nothing, so it is kept as is.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*~|\[\]()<>]|(?<![^\W_])_|_(?![^\W_]))")
+# `\@all` mentions no one in Rocket.Chat (a mention starts after a space or a line start).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*~|\[\]()<>@]|(?<![^\W_])_|_(?![^\W_]))")
+# An @ that could begin a mention (@channel, @alice.b).
+_MENTION_START = re.compile(r"@(?=[\w.-])")
 # In a Markdown link's destination these would end it or break it.
 _URL_IN_MARKDOWN = str.maketrans({"(": "%28", ")": "%29", " ": "%20", "<": "%3C", ">": "%3E"})
 
@@ -19,6 +22,15 @@ _URL_IN_MARKDOWN = str.maketrans({"(": "%28", ")": "%29", " ": "%20", "<": "%3C"
 def markdown(text: Any) -> str:
     """Backslash-escape the characters Markdown would read as formatting."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def unmention(text: Any) -> str:
+    """Put a word joiner (U+2060, invisible) after each @ that could begin a mention.
+
+    Mattermost finds mentions in a post's words whatever their escaping (`\\@channel`
+    still notifies the channel), so build data must not hold `@name` at all.
+    """
+    return _MENTION_START.sub("@\u2060", str(text))
 
 
 def markdown_link(url: Any, text: Any) -> str:

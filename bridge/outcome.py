@@ -19,7 +19,8 @@ DEFAULT_RETRY_AFTER = 30.0
 
 @dataclass(frozen=True)
 class Sent:
-    pass
+    # The chat's reference to the posted message (Slack: "channel/ts"), for threads.
+    ref: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.chats.base import Body, Fits
 from bridge.jobserv import Build
-from bridge.markup import html, html_link, markdown, markdown_link
+from bridge.markup import html, html_link, markdown, markdown_link, unmention
+from bridge.policy import Transition, transition
 
 if TYPE_CHECKING:
     from bridge.failed_tests import RunTests
@@ -109,6 +110,7 @@ def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
         duration=duration_text,
         tojson=_to_json,
         markdown=markdown,
+        unmention=unmention,
         html=html,
     )
     env.globals.update(slack_link=slack_link, markdown_link=markdown_link, html_link=html_link)
@@ -220,11 +222,17 @@ def context(
     event_id: int,
     destination: str,
     tests: dict[str, RunTests] | None = None,
+    change: Transition | None = None,
+    mentions: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Everything a template can use; documented in the README.
 
     `tests`: the failed tests of failed runs, by run name, when looked up.
+    `change`: the build's transition in its history (default: the first build seen).
+    `mentions`: who the routes mention in this message.
     """
+    if change is None:
+        change = transition(build.build_id, build.status, [])
     runs = []
     for run in build.runs:
         data = run.model_dump(mode="json")
@@ -277,4 +285,11 @@ def context(
         },
         "reason": shorten(first_line(reason_full)),
         "reason_full": reason_full,
+        "transition": change.as_dict(),
+        # What the transition adds to the status, when it adds anything.
+        "note": change.summary
+        if change.kind in ("still_failing", "fixed")
+        or (change.kind == "first_failure" and change.previous_status == "PASSED")
+        else "",
+        "mentions": list(mentions),
     }

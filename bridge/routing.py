@@ -1,4 +1,4 @@
-"""Which destinations an event reaches, and why."""
+"""Which destinations an event reaches, who is mentioned there, and why."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from fnmatch import fnmatchcase
 
 from bridge.config import Route
 from bridge.jobserv import Build
-
-_OUTCOMES = {"FAILED": "failed", "PASSED": "passed"}
+from bridge.policy import Transition
 
 
 @dataclass(frozen=True)
@@ -18,13 +17,18 @@ class RouteMatch:
     why: str
 
 
+@dataclass(frozen=True)
+class Target:
+    destination: str
+    mentions: tuple[str, ...] = ()
+
+
 def _any_glob(patterns: list[str] | None, value: str) -> bool:
     return patterns is None or any(fnmatchcase(value, p) for p in patterns)
 
 
-def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
+def explain(routes: list[Route], build: Build, transition: Transition) -> list[RouteMatch]:
     """For each route, whether the build matches it and why (or why not)."""
-    outcome = _OUTCOMES.get(build.status.upper())
     trigger = build.trigger_name or ""
     results = []
     for index, route in enumerate(routes):
@@ -32,8 +36,9 @@ def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
             why = f"factory {build.factory!r} matches none of {route.factories}"
         elif not _any_glob(route.triggers, trigger):
             why = f"trigger {trigger!r} matches none of {route.triggers}"
-        elif outcome not in route.notify:
-            why = f"status {build.status} is not in notify {route.notify}"
+        elif not transition.policies.intersection(route.notify):
+            what = transition.kind.replace("_", " ")
+            why = f"{build.status} ({what}) is not in notify {route.notify}"
         else:
             results.append(RouteMatch(index, True, f"matched: sends to {route.destinations}"))
             continue
@@ -41,10 +46,28 @@ def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
     return results
 
 
-def destinations_for(routes: list[Route], build: Build) -> list[str]:
-    """Every matching route contributes; each destination appears once, in route order."""
-    chosen: dict[str, None] = {}
-    for match in explain(routes, build):
+def _mentions(route: Route, build: Build) -> list[str]:
+    if build.status.upper() != "FAILED":
+        return []
+    found = list(route.mention)
+    failed = [run.name for run in build.runs if run.status == "FAILED"]
+    for owner in route.owners:
+        if any(fnmatchcase(name, owner.runs) for name in failed):
+            found += owner.mention
+    return found
+
+
+def targets(routes: list[Route], build: Build, transition: Transition) -> list[Target]:
+    """Every matching route contributes; each destination appears once, in route order,
+    with the mentions of every route that chose it."""
+    chosen: dict[str, dict[str, None]] = {}
+    for match in explain(routes, build, transition):
         if match.matched:
-            chosen.update(dict.fromkeys(routes[match.index].destinations))
-    return list(chosen)
+            route = routes[match.index]
+            for name in route.destinations:
+                chosen.setdefault(name, {}).update(dict.fromkeys(_mentions(route, build)))
+    return [Target(name, tuple(mentions)) for name, mentions in chosen.items()]
+
+
+def destinations_for(routes: list[Route], build: Build, transition: Transition) -> list[str]:
+    return [target.destination for target in targets(routes, build, transition)]

@@ -20,8 +20,9 @@ from bridge.delivery import Dispatcher
 from bridge.failed_tests import FailedTestsFetcher
 from bridge.jobserv import SIGNATURE_HEADER, NotABuild, parse_build, signature_digest, signed_by
 from bridge.metrics import Metrics
+from bridge.policy import Transition
 from bridge.redact import Redactor
-from bridge.routing import destinations_for
+from bridge.routing import targets
 from bridge.store import NewEvent, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("bridge.intake")
@@ -102,7 +103,9 @@ async def _intake(request: web.Request) -> web.Response:
     if not source.may_report(build.factory):
         return _error(403, f'source "{source.name}" may not report factory "{build.factory}"')
 
-    destinations = destinations_for(config.routes, build)
+    def plan(change: Transition) -> list[tuple[str, tuple[str, ...]]]:
+        return [(t.destination, t.mentions) for t in targets(config.routes, build, change)]
+
     event = NewEvent(
         key=build.identity,
         factory=build.factory,
@@ -111,9 +114,10 @@ async def _intake(request: web.Request) -> web.Response:
         status=build.status,
         body=body,
         received_at=time.time(),
+        completed_at=build.completed.timestamp() if build.completed else None,
     )
     try:
-        accepted = await request.app[STORE].accept(event, destinations)
+        accepted = await request.app[STORE].accept(event, plan)
     except StoreUnavailable as exc:
         log.error("could not store build %s of %s: %s", build.build_id, build.factory, exc)
         return _error(503, "the event could not be stored; try again")
@@ -131,10 +135,13 @@ async def _intake(request: web.Request) -> web.Response:
     if accepted.duplicate:
         log.info("%s %s: a repeat, nothing new stored", what, build.status, extra=fields)
         return web.json_response({**answer, "duplicate": True}, status=200)
+    destinations = list(accepted.destinations)
+    summary = accepted.transition.summary if accepted.transition else build.status
     log.info(
-        "%s %s: accepted from source %s for %s",
+        "%s %s (%s): accepted from source %s for %s",
         what,
         build.status,
+        summary,
         source.name,
         ", ".join(destinations) or "no destination",
         extra=fields,

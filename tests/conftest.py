@@ -10,6 +10,7 @@ import pytest
 
 from bridge.config import Config, parse_config
 from bridge.jobserv import sign
+from bridge.store import Plan
 from tests.fakes.chat_server import FakeChat
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -43,3 +44,8 @@ def make_config(folder: Path, toml: str) -> Config:
 async def fake_chat() -> AsyncIterator[FakeChat]:
     async with FakeChat() as fake:
         yield fake
+
+
+def plan(destinations: list[str]) -> Plan:
+    """A store plan that sends to these destinations whatever the build's transition."""
+    return lambda _transition: [(name, ()) for name in destinations]

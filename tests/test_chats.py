@@ -26,7 +26,7 @@ from bridge.redact import Redactor
 from bridge.render import context
 from bridge.store import Delivery, NewEvent
 from bridge.store.sqlite import SqliteStore
-from tests.conftest import FAILED, PASSED, fixture_body, make_config
+from tests.conftest import FAILED, PASSED, fixture_body, make_config, plan
 from tests.fakes.chat_server import (
     Behaviour,
     FakeChat,
@@ -140,7 +140,7 @@ async def prepare(
         body=body,
         received_at=time.time(),
     )
-    await store.accept(event, [DESTINATION])
+    await store.accept(event, plan([DESTINATION]))
     [delivery] = (await store.claim(DESTINATION, time.time(), 10, 60.0)).deliveries
     return Setup(config, lane, delivery)
 

@@ -41,6 +41,7 @@ from tests.conftest import (
     SECRET,
     fixture_body,
     make_config,
+    plan,
     signed_headers,
 )
 from tests.fakes.chat_server import Behaviour, FakeChat, Reply
@@ -175,7 +176,7 @@ async def stored_delivery(store: SqliteStore, body: bytes) -> Delivery:
         body=body,
         received_at=time.time(),
     )
-    await store.accept(event, [DESTINATION])
+    await store.accept(event, plan([DESTINATION]))
     [delivery] = (await store.claim(DESTINATION, time.time(), 10, 60.0)).deliveries
     return delivery
 

@@ -164,7 +164,8 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         ),
         (
             SOURCE + CONSOLE + '[[routes]]\nnotify = ["broken"]\ndestinations = ["console"]',
-            "routes[0].notify[0]: Input should be 'failed' or 'passed'",
+            "routes[0].notify[0]: Input should be 'failed', 'first_failure', 'still_failing',"
+            " 'fixed' or 'passed'",
         ),
         (
             '[delivery]\nretry_initial = "soon"\n' + SOURCE,

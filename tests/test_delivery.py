@@ -30,7 +30,7 @@ from bridge.redact import Redactor
 from bridge.server import STORE, create_app
 from bridge.store import DeliveryRow, NewEvent, State, Store
 from bridge.store.sqlite import SqliteStore
-from tests.conftest import FAILED, SECRET, fixture_body, make_config, signed_headers
+from tests.conftest import FAILED, SECRET, fixture_body, make_config, plan, signed_headers
 from tests.fakes.chat_server import Delay, FakeChat, Hang, RecordedRequest, Reply
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
@@ -135,7 +135,7 @@ async def accept(store: Store, body: bytes, destinations: list[str]) -> None:
         body=body,
         received_at=time.time(),
     )
-    await store.accept(event, destinations)
+    await store.accept(event, plan(destinations))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 from bridge.config import ConfigError, parse_config
 from bridge.store import NewEvent, open_store
 from bridge.store.postgres import LANE_LOCK_CLASS, PostgresStore
-from tests.conftest import FAILED, SECRET, fixture_body, signed_headers
+from tests.conftest import FAILED, SECRET, fixture_body, plan, signed_headers
 from tests.fakes.chat_server import FakeChat, RecordedRequest
 from tests.postgres import fresh_database
 
@@ -345,7 +345,7 @@ async def test_the_outbox_command_reads_the_shared_store(
     assert isinstance(store, PostgresStore)
     await store.open(serving=False)
     try:
-        await store.accept(_new_event(7), ["alerts"])
+        await store.accept(_new_event(7), plan(["alerts"]))
     finally:
         await store.close()
 

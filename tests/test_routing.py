@@ -9,8 +9,19 @@ import pytest
 
 from bridge.config import Route
 from bridge.jobserv import Build, parse_build
-from bridge.routing import destinations_for, explain
+from bridge import routing
+from bridge.policy import transition
+from bridge.routing import RouteMatch
 from tests.conftest import FAILED, PASSED, fixture_body
+
+
+# These tests are about globs and outcomes: each build is the first of its trigger seen.
+def destinations_for(routes: list[Route], build: Build) -> list[str]:
+    return routing.destinations_for(routes, build, transition(build.build_id, build.status, []))
+
+
+def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
+    return routing.explain(routes, build, transition(build.build_id, build.status, []))
 
 Notify = list[Literal["failed", "passed"]]
 

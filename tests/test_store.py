@@ -13,9 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bridge.policy import Transition
 from bridge.store import NewEvent, Store, StoreUnavailable
-from bridge.store.postgres import PostgresStore
+from bridge.store.postgres import MIGRATIONS, PostgresStore
 from bridge.store.sqlite import SqliteStore
+from tests.conftest import plan
 from tests.postgres import fresh_database
 
 LEASE = 60.0
@@ -51,15 +53,23 @@ async def postgres_url() -> AsyncIterator[str]:
         yield url
 
 
-def event(n: int, *, at: float | None = None, status: str = "FAILED") -> NewEvent:
+def event(
+    n: int,
+    *,
+    at: float | None = None,
+    status: str = "FAILED",
+    trigger: str = "platform-devel",
+    completed: float | None = None,
+) -> NewEvent:
     return NewEvent(
-        key=f"event-{n}-{status}",
+        key=f"event-{trigger}-{n}-{status}-{completed}",
         factory="andy-corp",
-        trigger="platform-devel",
+        trigger=trigger,
         build_id=n,
         status=status,
         body=b'{"build_id": %d}' % n,
         received_at=time.time() if at is None else at,
+        completed_at=completed,
     )
 
 
@@ -73,7 +83,7 @@ async def claim_ids(store: Store, destination: str, now: float, limit: int = 32)
 async def test_accept_stores_the_event_and_one_pending_delivery_per_destination(
     store: Store,
 ) -> None:
-    accepted = await store.accept(event(1), ["ci-alerts", "audit"])
+    accepted = await store.accept(event(1), plan(["ci-alerts", "audit"]))
 
     assert not accepted.duplicate
     assert accepted.deliveries == 2
@@ -86,8 +96,8 @@ async def test_accept_stores_the_event_and_one_pending_delivery_per_destination(
 
 
 async def test_a_repeat_stores_nothing_and_answers_with_the_first_event(store: Store) -> None:
-    first = await store.accept(event(1), ["ci-alerts", "audit"])
-    again = await store.accept(event(1), ["ci-alerts"])  # routes changed meanwhile
+    first = await store.accept(event(1), plan(["ci-alerts", "audit"]))
+    again = await store.accept(event(1), plan(["ci-alerts"]))  # routes changed meanwhile
 
     assert again.duplicate
     assert (again.event_id, again.deliveries) == (first.event_id, 2)
@@ -95,16 +105,16 @@ async def test_a_repeat_stores_nothing_and_answers_with_the_first_event(store: S
 
 
 async def test_an_event_routed_nowhere_is_stored_without_deliveries(store: Store) -> None:
-    accepted = await store.accept(event(1), [])
+    accepted = await store.accept(event(1), plan([]))
 
     assert (accepted.deliveries, accepted.duplicate) == (0, False)
-    assert (await store.accept(event(1), [])).duplicate
+    assert (await store.accept(event(1), plan([]))).duplicate
     [stored] = await store.recent_events(10)
     assert (stored.id, stored.deliveries) == (accepted.event_id, [])
 
 
 async def test_concurrent_repeats_store_the_event_once(store: Store) -> None:
-    results = await asyncio.gather(*(store.accept(event(7), ["a", "b"]) for _ in range(20)))
+    results = await asyncio.gather(*(store.accept(event(7), plan(["a", "b"])) for _ in range(20)))
 
     assert [r.duplicate for r in results].count(False) == 1
     assert {(r.event_id, r.deliveries) for r in results} == {(results[0].event_id, 2)}
@@ -114,17 +124,104 @@ async def test_concurrent_repeats_store_the_event_once(store: Store) -> None:
 async def test_accepted_events_survive_closing_and_reopening(backend: Backend) -> None:
     first = backend.make()
     await first.open(serving=True)
-    accepted = await first.accept(event(1), ["ci-alerts"])
+    accepted = await first.accept(event(1), plan(["ci-alerts"]))
     await first.close()
 
     second = backend.make()
     await second.open(serving=True)
     try:
-        assert (await second.accept(event(1), ["ci-alerts"])).duplicate
+        assert (await second.accept(event(1), plan(["ci-alerts"]))).duplicate
         [row] = await second.list_deliveries()
         assert (row.event_id, row.state) == (accepted.event_id, "pending")
     finally:
         await second.close()
+
+
+# -- a trigger's history, mentions, threads ---------------------------------------
+
+
+def kind(transition: Transition | None) -> str:
+    assert transition is not None
+    return transition.kind
+
+
+async def test_each_event_takes_its_place_in_its_triggers_history(store: Store) -> None:
+    first = await store.accept(event(41), plan(["ci-alerts"]))
+    again = await store.accept(event(42), plan(["ci-alerts"]))
+    fixed = await store.accept(event(43, status="PASSED"), plan(["ci-alerts"]))
+    elsewhere = await store.accept(event(44, trigger="platform-main"), plan(["ci-alerts"]))
+    broken = await store.accept(event(45), plan(["ci-alerts"]))
+    still = await store.accept(event(46), plan(["ci-alerts"]))
+
+    assert (kind(first.transition), first.destinations) == ("first_failure", ("ci-alerts",))
+    assert again.transition == Transition(
+        "still_failing", "Still failing since #41 (2 failed builds)", 41, (41, 42), 41, "FAILED"
+    )
+    assert fixed.transition is not None
+    assert (fixed.transition.kind, fixed.transition.failed_builds) == ("fixed", (41, 42))
+    assert kind(elsewhere.transition) == "first_failure"  # another trigger, another history
+    assert broken.transition == Transition(
+        "first_failure", "New failure after #43 passed", 45, (45,), 43, "PASSED"
+    )
+    assert still.transition is not None
+    assert still.transition.failed_builds == (45, 46)  # the streak ends at the pass
+
+
+async def test_history_follows_build_numbers_and_the_latest_completion(store: Store) -> None:
+    await store.accept(event(5, completed=100.0), plan([]))
+    await store.accept(event(5, status="PASSED", completed=200.0), plan([]))  # a re-run
+    await store.accept(event(5, completed=150.0), plan([]))  # late news of an older run
+    late = await store.accept(event(3), plan([]))  # an older build arriving late
+
+    after = await store.accept(event(6), plan([]))
+
+    assert after.transition is not None
+    assert (after.transition.kind, after.transition.previous) == ("first_failure", 5)
+    assert after.transition.previous_status == "PASSED"
+    assert late.transition is not None and late.transition.previous is None
+
+
+async def test_the_plan_sees_the_transition_and_picks_the_deliveries(store: Store) -> None:
+    seen: list[Transition] = []
+
+    def news_only(change: Transition) -> list[tuple[str, tuple[str, ...]]]:
+        seen.append(change)
+        if change.kind != "first_failure":
+            return []
+        return [("ci-alerts", ("<@U456>", "<!subteam^S123>")), ("audit", ())]
+
+    first = await store.accept(event(1), news_only)
+    second = await store.accept(event(2), news_only)
+    repeat = await store.accept(event(1), news_only)
+
+    assert [c.kind for c in seen] == ["first_failure", "still_failing"]  # once per new event
+    assert (first.deliveries, first.destinations) == (2, ("ci-alerts", "audit"))
+    assert (second.deliveries, second.destinations) == (0, ())
+    assert (repeat.duplicate, repeat.deliveries) == (True, 2)
+    [alert] = (await store.claim("ci-alerts", time.time(), 32, LEASE)).deliveries
+    assert alert.mentions == ("<@U456>", "<!subteam^S123>")
+    assert (alert.transition, alert.trigger, alert.build_id) == (
+        first.transition,
+        "platform-devel",
+        1,
+    )
+    [audit] = (await store.claim("audit", time.time(), 32, LEASE)).deliveries
+    assert audit.mentions == ()
+
+
+async def test_a_thread_is_kept_per_destination_and_trigger(store: Store) -> None:
+    where = ("ci-alerts", "andy-corp", "platform-devel")
+    assert await store.thread(*where) is None
+
+    await store.set_thread(*where, "1700000000.000100")
+    assert await store.thread(*where) == "1700000000.000100"
+    assert await store.thread("audit", "andy-corp", "platform-devel") is None
+    assert await store.thread("ci-alerts", "andy-corp", "platform-main") is None
+
+    await store.set_thread(*where, "1700000000.000200")
+    assert await store.thread(*where) == "1700000000.000200"
+    await store.set_thread(*where, None)
+    assert await store.thread(*where) is None
 
 
 # -- claims -------------------------------------------------------------------
@@ -133,7 +230,7 @@ async def test_accepted_events_survive_closing_and_reopening(backend: Backend) -
 async def test_a_lane_is_claimed_oldest_first_up_to_the_limit(store: Store) -> None:
     t0 = time.time()
     for n in range(5):
-        await store.accept(event(n, at=t0), ["ci-alerts", "audit"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts", "audit"]))
     alerts = [r.id for r in reversed(await store.list_deliveries(destination="ci-alerts"))]
 
     claim = await store.claim("ci-alerts", t0 + 1, 3, LEASE)
@@ -149,7 +246,7 @@ async def test_a_lane_is_claimed_oldest_first_up_to_the_limit(store: Store) -> N
 async def test_a_claim_stops_at_the_first_delivery_not_yet_due(store: Store) -> None:
     t0 = time.time()
     for n in range(3):
-        await store.accept(event(n, at=t0), ["ci-alerts"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts"]))
     [head, *_] = (await store.claim("ci-alerts", t0, 1, LEASE)).deliveries
     await store.mark_retry(head.id, t0 + 30, "HTTP 503", t0)
 
@@ -165,7 +262,7 @@ async def test_a_claim_stops_at_the_first_delivery_not_yet_due(store: Store) -> 
 
 async def test_a_claim_is_a_lease_that_expires(store: Store) -> None:
     t0 = time.time()
-    await store.accept(event(1, at=t0), ["ci-alerts"])
+    await store.accept(event(1, at=t0), plan(["ci-alerts"]))
     taken = await claim_ids(store, "ci-alerts", t0)
 
     assert await claim_ids(store, "ci-alerts", t0 + LEASE - 1) == []
@@ -175,7 +272,7 @@ async def test_a_claim_is_a_lease_that_expires(store: Store) -> None:
 async def test_released_deliveries_are_claimable_again_in_order(store: Store) -> None:
     t0 = time.time()
     for n in range(3):
-        await store.accept(event(n, at=t0), ["ci-alerts"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts"]))
     taken = await claim_ids(store, "ci-alerts", t0)
 
     await store.release(taken[1:])
@@ -187,7 +284,7 @@ async def test_released_deliveries_are_claimable_again_in_order(store: Store) ->
 async def test_outcomes_are_recorded(store: Store) -> None:
     t0 = time.time()
     for n in range(3):
-        await store.accept(event(n, at=t0), ["ci-alerts"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts"]))
     sent, retried, dead = await claim_ids(store, "ci-alerts", t0)
 
     await store.mark_sent(sent, t0 + 1)
@@ -209,8 +306,8 @@ async def test_outcomes_are_recorded(store: Store) -> None:
 
 async def test_pending_deliveries_to_removed_destinations_become_dead(store: Store) -> None:
     t0 = time.time()
-    await store.accept(event(1, at=t0), ["ci-alerts", "old-channel"])
-    await store.accept(event(2, at=t0), ["old-channel"])
+    await store.accept(event(1, at=t0), plan(["ci-alerts", "old-channel"]))
+    await store.accept(event(2, at=t0), plan(["old-channel"]))
 
     assert await store.kill_orphans({"ci-alerts"}, t0) == 2
 
@@ -223,7 +320,7 @@ async def test_pending_deliveries_to_removed_destinations_become_dead(store: Sto
 async def test_listing_filters_and_puts_the_newest_first(store: Store) -> None:
     t0 = time.time()
     for n in range(4):
-        await store.accept(event(n, at=t0), ["ci-alerts", "audit"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts", "audit"]))
     [first, *_] = await claim_ids(store, "audit", t0)
     await store.mark_dead(first, "HTTP 400", t0)
 
@@ -236,7 +333,7 @@ async def test_listing_filters_and_puts_the_newest_first(store: Store) -> None:
 async def test_retry_queues_dead_letters_again(store: Store) -> None:
     t0 = time.time()
     for n in range(3):
-        await store.accept(event(n, at=t0), ["ci-alerts"])
+        await store.accept(event(n, at=t0), plan(["ci-alerts"]))
     a, b, c = await claim_ids(store, "ci-alerts", t0)
     await store.mark_dead(a, "HTTP 400", t0)
     await store.mark_dead(b, "HTTP 400", t0)
@@ -252,9 +349,9 @@ async def test_retry_queues_dead_letters_again(store: Store) -> None:
 
 async def test_purge_deletes_old_finished_deliveries_and_their_events(store: Store) -> None:
     t0 = time.time() - 3600
-    await store.accept(event(1, at=t0), ["ci-alerts"])
-    await store.accept(event(2, at=t0), ["ci-alerts"])
-    await store.accept(event(3, at=t0), ["audit"])
+    await store.accept(event(1, at=t0), plan(["ci-alerts"]))
+    await store.accept(event(2, at=t0), plan(["ci-alerts"]))
+    await store.accept(event(3, at=t0), plan(["audit"]))
     sent, dead = await claim_ids(store, "ci-alerts", t0)
     await store.mark_sent(sent, t0)
     await store.mark_dead(dead, "HTTP 400", t0)
@@ -263,7 +360,7 @@ async def test_purge_deletes_old_finished_deliveries_and_their_events(store: Sto
 
     assert {r.state for r in await store.list_deliveries()} == {"dead", "pending"}
     assert sorted(e.build_id for e in await store.recent_events(10)) == [2, 3]
-    assert not (await store.accept(event(1), ["ci-alerts"])).duplicate  # gone for good
+    assert not (await store.accept(event(1), plan(["ci-alerts"]))).duplicate  # gone for good
 
 
 # -- what the status page and /metrics read ---------------------------------------
@@ -272,7 +369,7 @@ async def test_purge_deletes_old_finished_deliveries_and_their_events(store: Sto
 async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
     t0 = time.time()
     for n in range(3):
-        await store.accept(event(n, at=t0 + n), ["ci-alerts"])
+        await store.accept(event(n, at=t0 + n), plan(["ci-alerts"]))
     first, *_ = await claim_ids(store, "ci-alerts", t0 + 5)
     await store.mark_dead(first, "HTTP 400", t0 + 5)
 
@@ -286,7 +383,7 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
 
 async def test_recent_events_come_newest_first_with_their_deliveries(store: Store) -> None:
     for n in range(4):
-        await store.accept(event(n), ["ci-alerts", "audit"])
+        await store.accept(event(n), plan(["ci-alerts", "audit"]))
 
     events = await store.recent_events(2)
     assert [e.build_id for e in events] == [3, 2]
@@ -297,9 +394,9 @@ async def test_recent_events_come_newest_first_with_their_deliveries(store: Stor
 
 async def test_hourly_activity_has_every_hour(store: Store) -> None:
     since = time.time() - 3 * 3600
-    await store.accept(event(1, at=since + 10), ["ci-alerts"])
-    await store.accept(event(2, at=since + 20, status="PASSED"), [])
-    await store.accept(event(3, at=since + 2 * 3600 + 5), ["ci-alerts"])
+    await store.accept(event(1, at=since + 10), plan(["ci-alerts"]))
+    await store.accept(event(2, at=since + 20, status="PASSED"), plan([]))
+    await store.accept(event(3, at=since + 2 * 3600 + 5), plan(["ci-alerts"]))
 
     hours = await store.hourly_activity(since, 3)
 
@@ -317,7 +414,7 @@ async def test_a_closed_store_is_unavailable(backend: Backend) -> None:
     with pytest.raises(StoreUnavailable):
         await closed.ping()
     with pytest.raises(StoreUnavailable):
-        await closed.accept(event(1), ["ci-alerts"])
+        await closed.accept(event(1), plan(["ci-alerts"]))
 
 
 # -- lanes ----------------------------------------------------------------------
@@ -339,7 +436,7 @@ async def test_sqlite_releases_claims_when_it_opens_again(tmp_path: Path) -> Non
     first = SqliteStore(path)
     await first.open(serving=True)
     t0 = time.time()
-    await first.accept(event(1, at=t0), ["ci-alerts"])
+    await first.accept(event(1, at=t0), plan(["ci-alerts"]))
     taken = await claim_ids(first, "ci-alerts", t0)
     await first.close()
 
@@ -363,13 +460,14 @@ async def opened(url: str, count: int) -> list[PostgresStore]:
 async def test_replicas_starting_together_create_the_schema_once(postgres_url: str) -> None:
     stores = await opened(postgres_url, 5)
     try:
-        accepted = await asyncio.gather(*(s.accept(event(1), ["a"]) for s in stores))
+        accepted = await asyncio.gather(*(s.accept(event(1), plan(["a"])) for s in stores))
         assert [a.duplicate for a in accepted].count(False) == 1
     finally:
         await asyncio.gather(*(s.close() for s in stores))
     connection = await asyncpg.connect(postgres_url)
     try:
-        assert await connection.fetch("SELECT version FROM schema_version") == [(1,)]
+        versions = await connection.fetch("SELECT version FROM schema_version ORDER BY 1")
+        assert [v for (v,) in versions] == list(range(1, len(MIGRATIONS) + 1))
     finally:
         await connection.close()
 
@@ -391,7 +489,7 @@ async def test_replicas_accepting_the_same_events_store_each_once(postgres_url: 
     stores = await opened(postgres_url, 3)
     try:
         results = await asyncio.gather(
-            *(stores[i % 3].accept(event(n), ["a", "b"]) for n in range(30) for i in range(3))
+            *(stores[i % 3].accept(event(n), plan(["a", "b"])) for n in range(30) for i in range(3))
         )
     finally:
         await asyncio.gather(*(s.close() for s in stores))
@@ -409,7 +507,7 @@ async def test_racing_claims_take_disjoint_deliveries_from_the_head(postgres_url
     try:
         t0 = time.time()
         for n in range(40):
-            await stores[0].accept(event(n, at=t0), ["ci-alerts"])
+            await stores[0].accept(event(n, at=t0), plan(["ci-alerts"]))
         order = [r.id for r in reversed(await stores[0].list_deliveries(limit=100))]
         for round_ in range(5):
             now = t0 + round_ * (LEASE + 1)  # each round, every earlier claim has expired
@@ -420,6 +518,84 @@ async def test_racing_claims_take_disjoint_deliveries_from_the_head(postgres_url
             assert winners[0] == order[:8]
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_replicas_share_the_history_and_the_threads(postgres_url: str) -> None:
+    one, other = await opened(postgres_url, 2)
+    try:
+        await one.accept(event(41), plan(["ci-alerts"]))
+        again = await other.accept(event(42), plan(["ci-alerts"]))
+        await one.set_thread("ci-alerts", "andy-corp", "platform-devel", "1700000000.000100")
+
+        assert again.transition is not None and again.transition.since == 41
+        thread = await other.thread("ci-alerts", "andy-corp", "platform-devel")
+        assert thread == "1700000000.000100"
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_one_triggers_events_are_accepted_one_at_a_time(postgres_url: str) -> None:
+    """Each failed build's streak holds the earlier builds it saw. Taken one at a time,
+    "n saw m" orders every pair without a cycle, whatever the replicas did at once."""
+    stores = await opened(postgres_url, 3)
+    try:
+        accepted = await asyncio.gather(
+            *(stores[n % 3].accept(event(n), plan([])) for n in range(1, 41))
+        )
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    saw: dict[int, set[int]] = {}
+    for n, result in enumerate(accepted, start=1):
+        assert result.transition is not None
+        saw[n] = set(result.transition.failed_builds) - {n}
+    # "Comes before" edges: m -> n when n saw m; n -> m when n (the later build) did not.
+    edges: dict[int, set[int]] = {n: set() for n in saw}
+    for n in saw:
+        for m in range(1, n):
+            if m in saw[n]:
+                edges[m].add(n)
+            else:
+                edges[n].add(m)
+    incoming = {n: sum(n in targets for targets in edges.values()) for n in saw}
+    ready = [n for n, count in incoming.items() if count == 0]
+    ordered = 0
+    while ready:
+        n = ready.pop()
+        ordered += 1
+        for m in edges[n]:
+            incoming[m] -= 1
+            if incoming[m] == 0:
+                ready.append(m)
+    assert ordered == len(saw), "no one-at-a-time order explains what the builds saw"
+
+
+async def test_a_store_of_an_older_version_is_migrated_when_opened(postgres_url: str) -> None:
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        # What the first schema left behind, with one pending delivery in it.
+        await connection.execute(MIGRATIONS[0])
+        await connection.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+            "INSERT INTO schema_version (version) VALUES (1);"
+            "INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)"
+            " VALUES ('event-old', 'andy-corp', 'platform-devel', 40, 'FAILED', '{}', 1);"
+            "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
+            " next_attempt_at) VALUES (1, 'ci-alerts', 1, 1, 1)"
+        )
+    finally:
+        await connection.close()
+
+    [store] = await opened(postgres_url, 1)
+    try:
+        [old] = (await store.claim("ci-alerts", time.time(), 32, LEASE)).deliveries
+        new = await store.accept(event(41), plan(["ci-alerts"]))
+    finally:
+        await store.close()
+
+    assert (old.build_id, old.transition, old.mentions) == (40, None, ())
+    assert kind(new.transition) == "first_failure"
 
 
 async def test_a_lane_has_one_owner_at_a_time(postgres_url: str) -> None:
@@ -484,7 +660,7 @@ async def test_a_killed_replicas_lane_and_claims_are_taken_over_at_once(
     try:
         t0 = time.time()
         for n in range(3):
-            await survivor.accept(event(n, at=t0), ["ci-alerts"])
+            await survivor.accept(event(n, at=t0), plan(["ci-alerts"]))
 
         taken = await claimed_by_a_killed_replica(postgres_url, own_lane=True)
         assert len(taken) == 3
@@ -503,7 +679,7 @@ async def test_a_killed_replicas_claims_expire_with_their_lease(postgres_url: st
     [survivor] = await opened(postgres_url, 1)
     try:
         t0 = time.time()
-        await survivor.accept(event(1, at=t0), ["ci-alerts"])
+        await survivor.accept(event(1, at=t0), plan(["ci-alerts"]))
 
         taken = await claimed_by_a_killed_replica(postgres_url, own_lane=False)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bridge.chats.base import Body, Chat, ChatType, DestinationSettings, Fits
+from bridge.chats.base import (
+    Body,
+    Chat,
+    ChatType,
+    DestinationSettings,
+    Fits,
+    ThreadedChat,
+)
 
 
 def _discover() -> dict[str, ChatType]:
@@ -20,4 +27,4 @@ def _discover() -> dict[str, ChatType]:
 
 CHAT_TYPES: dict[str, ChatType] = _discover()
 
-__all__ = ["CHAT_TYPES", "Body", "Chat", "ChatType", "DestinationSettings", "Fits"]
+__all__ = ["CHAT_TYPES", "Body", "Chat", "ChatType", "DestinationSettings", "Fits", "ThreadedChat"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,23 @@ class DestinationSettings(BaseModel):
 class Chat(Protocol):
     async def send(self, body: Body, delivery_id: int) -> Outcome:
         """Build the request, send it, read the answer. Network errors may propagate."""
+        ...
+
+
+@runtime_checkable
+class ThreadedChat(Chat, Protocol):
+    """A chat that can answer in a thread and edit a message it posted (Slack's Web API).
+
+    Follow-ups of a failure (still failing, fixed) go as replies to the first
+    failure's message, which is edited to show the latest state.
+    """
+
+    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+        """Post `body` as a reply in `thread` (a `Sent.ref` of an earlier send)."""
+        ...
+
+    async def update(self, thread: str, body: Body) -> Outcome:
+        """Replace the message `thread` refers to with `body`."""
         ...
 
 

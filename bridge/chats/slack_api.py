@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import Field, SecretStr
@@ -11,7 +12,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.limits import slack_fits
-from bridge.outcome import Outcome, from_slack_api
+from bridge.outcome import Outcome, Sent, from_slack_api
 
 
 class SlackApiSettings(DestinationSettings):
@@ -33,13 +34,36 @@ class SlackApi:
         )
 
     async def send(self, body: Body, delivery_id: int) -> Outcome:
-        payload = body if isinstance(body, dict) else {"text": body}
+        return await self._call(
+            self.client.chat_postMessage, channel=self.channel, **_payload(body)
+        )
+
+    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+        channel, ts = thread.split("/", 1)
+        return await self._call(
+            self.client.chat_postMessage, channel=channel, thread_ts=ts, **_payload(body)
+        )
+
+    async def update(self, thread: str, body: Body) -> Outcome:
+        channel, ts = thread.split("/", 1)
+        return await self._call(self.client.chat_update, channel=channel, ts=ts, **_payload(body))
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], **arguments: Any) -> Outcome:
         try:
-            response = await self.client.chat_postMessage(channel=self.channel, **payload)
+            response = await method(**arguments)
         except SlackApiError as exc:
             answer = exc.response
             return from_slack_api(answer.status_code, answer.headers or {}, answer.data)
-        return from_slack_api(response.status_code, response.headers or {}, response.data)
+        outcome = from_slack_api(response.status_code, response.headers or {}, response.data)
+        data = response.data
+        if isinstance(outcome, Sent) and isinstance(data, dict) and data.get("ts"):
+            # chat.update needs the channel's id, which the answer gives even for "#name".
+            return Sent(ref=f"{data.get('channel') or arguments['channel']}/{data['ts']}")
+        return outcome
+
+
+def _payload(body: Body) -> dict[str, Any]:
+    return body if isinstance(body, dict) else {"text": body}
 
 
 CHAT = ChatType("slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+from bridge.policy import Transition
 
 if TYPE_CHECKING:
     from bridge.config import StoreConfig
 
 State = Literal["pending", "sent", "dead"]
+# Given an event's transition, the deliveries to make: (destination, mentions) pairs.
+Plan = Callable[[Transition], list[tuple[str, tuple[str, ...]]]]
 
 
 class StoreUnavailable(Exception):
@@ -26,6 +31,7 @@ class NewEvent:
     status: str
     body: bytes  # exactly as received
     received_at: float
+    completed_at: float | None = None  # when JobServ says the build completed
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Accepted:
     event_id: int
     deliveries: int
     duplicate: bool
+    destinations: tuple[str, ...] = ()
+    transition: Transition | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class Delivery:
     body: bytes
     factory: str = ""
     build_id: int = 0
+    trigger: str = ""
+    transition: Transition | None = None
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,19 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def accept(self, event: NewEvent, destinations: list[str]) -> Accepted: ...
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
+        """Store the event, its place in the (factory, trigger) history, and the deliveries
+        `plan` picks given the event's transition; all in one transaction."""
+
+    @abstractmethod
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        """The chat thread that follow-ups for (factory, trigger) go to, if one is open."""
+
+    @abstractmethod
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        """Open (or move) the thread for (factory, trigger); None closes it."""
 
     @abstractmethod
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim: ...

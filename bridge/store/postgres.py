@@ -1,9 +1,11 @@
 """The shared outbox: PostgreSQL through asyncpg, for several replicas of the bridge.
 
-Any replica accepts any webhook: the event and its deliveries go in with one
-statement, and a repeat is recognised by the UNIQUE key of events, never by a
-read before the write. Concurrent accepts share the server's WAL flushes (its own
-group commit), so there is no batching here.
+Any replica accepts any webhook: a repeat is recognised by the UNIQUE key of
+events (INSERT ... ON CONFLICT DO NOTHING), never by a read before the write. A
+new event, its place in its trigger's build history and its deliveries go in in
+one transaction, under a lock per (factory, trigger) so that the events of one
+trigger are accepted one at a time over all replicas. Concurrent accepts share
+the server's WAL flushes (its own group commit), so there is no batching here.
 
 A lane (a destination's deliveries, in id order) is owned by one replica at a
 time through a session-level advisory lock held on a connection of its own: the
@@ -17,6 +19,7 @@ over releases the claims its previous owner left, as opening the SQLite file doe
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -28,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bridge.policy import HISTORY_DEPTH, Transition, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -37,6 +41,7 @@ from bridge.store import (
     EventRow,
     HourActivity,
     NewEvent,
+    Plan,
     State,
     Store,
     StoreUnavailable,
@@ -49,6 +54,7 @@ log = logging.getLogger("bridge.store")
 LOCK_CLASS = 0x4A42
 MIGRATION_LOCK = 1
 LANE_LOCK_CLASS = 0x4A43  # the second key is hashtext(destination)
+HISTORY_LOCK_CLASS = 0x4A44  # the second key is hashtext(factory, newline, trigger)
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
@@ -94,22 +100,66 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_received ON events (received_at);
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at DOUBLE PRECISION NOT NULL);
     """,
+    # 2: what a build means next to those before it, and who to mention; chat threads.
+    """
+    ALTER TABLE events ADD COLUMN transition JSONB;
+    ALTER TABLE deliveries ADD COLUMN mentions JSONB;
+    CREATE TABLE builds (
+        factory TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        build_id BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        completed_at DOUBLE PRECISION,
+        PRIMARY KEY (factory, trigger, build_id)
+    );
+    CREATE TABLE threads (
+        destination TEXT NOT NULL,
+        factory TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        thread TEXT NOT NULL,
+        PRIMARY KEY (destination, factory, trigger)
+    );
+    """,
 ]
 
-_ACCEPT = """
+# A new event also takes its (factory, trigger)'s history lock, held until commit: the
+# events of one trigger are accepted one at a time over all replicas, each reading the
+# history that the ones before it wrote (a later statement, so a later snapshot).
+_INSERT_EVENT = """
 WITH event AS (
     INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (key) DO NOTHING
     RETURNING id
-), added AS (
-    INSERT INTO deliveries (event_id, destination, created_at, updated_at, next_attempt_at)
-    SELECT event.id, wanted.name, $7, $7, $7
-    FROM event, unnest($8::text[]) WITH ORDINALITY AS wanted (name, position)
-    ORDER BY wanted.position
-    RETURNING 1
 )
-SELECT id, (SELECT count(*) FROM added) AS deliveries FROM event
+SELECT id, pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3)) FROM event
+"""
+
+# The builds before this one, newest first, back to the first that did not fail: the
+# failing streak and what ended it are all a transition looks at.
+_HISTORY = """
+SELECT build_id, status FROM builds
+WHERE factory = $1 AND trigger = $2 AND build_id < $3 AND build_id >= coalesce(
+    (SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2 AND build_id < $3
+     AND status <> 'FAILED'),
+    -9223372036854775808)
+ORDER BY build_id DESC LIMIT $4
+"""
+
+_RECORD = """
+WITH build AS (
+    INSERT INTO builds (factory, trigger, build_id, status, completed_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (factory, trigger, build_id) DO UPDATE
+    SET status = excluded.status, completed_at = excluded.completed_at
+    WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)
+), event AS (
+    UPDATE events SET transition = $6::jsonb WHERE id = $7
+)
+INSERT INTO deliveries (event_id, destination, created_at, updated_at, next_attempt_at, mentions)
+SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb
+FROM unnest($9::text[], $10::text[]) WITH ORDINALITY AS wanted (name, mentions, position)
+ORDER BY wanted.position
 """
 
 _EXISTING = """
@@ -120,7 +170,7 @@ FROM events WHERE key = $1
 # Rows another transaction is claiming or finishing are skipped, not waited for ...
 _LOCK_HEAD = """
 SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
-    e.body, e.factory, e.build_id
+    d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.destination = $1 AND d.state = 'pending'
 ORDER BY d.id LIMIT $2
@@ -235,29 +285,64 @@ class PostgresStore(Store):
 
     # -- the store interface --------------------------------------------------
 
-    async def accept(self, event: NewEvent, destinations: list[str]) -> Accepted:
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
         async def work(c: Any) -> Accepted:
             # A repeat may be purged between the two statements: then it is new again.
             for _ in range(3):
-                row = await c.fetchrow(
-                    _ACCEPT,
-                    event.key,
-                    event.factory,
-                    event.trigger,
-                    event.build_id,
-                    event.status,
-                    event.body,
-                    event.received_at,
-                    destinations,
-                )
-                if row is not None:
-                    return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=False)
+                async with c.transaction():
+                    row = await c.fetchrow(
+                        _INSERT_EVENT,
+                        event.key,
+                        event.factory,
+                        event.trigger,
+                        event.build_id,
+                        event.status,
+                        event.body,
+                        event.received_at,
+                        HISTORY_LOCK_CLASS,
+                    )
+                    if row is not None:
+                        return await _record(c, int(row["id"]), event, plan)
                 row = await c.fetchrow(_EXISTING, event.key)
                 if row is not None:
                     return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
             raise StoreUnavailable(f"event {event.key} keeps being purged as it is stored")
 
         return await self._run(work)
+
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        async def work(c: Any) -> str | None:
+            found = await c.fetchval(
+                "SELECT thread FROM threads"
+                " WHERE destination = $1 AND factory = $2 AND trigger = $3",
+                destination,
+                factory,
+                trigger,
+            )
+            return None if found is None else str(found)
+
+        return await self._run(work)
+
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        if thread is None:
+            await self._execute(
+                "DELETE FROM threads WHERE destination = $1 AND factory = $2 AND trigger = $3",
+                destination,
+                factory,
+                trigger,
+            )
+        else:
+            await self._execute(
+                "INSERT INTO threads (destination, factory, trigger, thread)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (destination, factory, trigger)"
+                " DO UPDATE SET thread = excluded.thread",
+                destination,
+                factory,
+                trigger,
+                thread,
+            )
 
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
         async def work(c: Any) -> Claim:
@@ -286,6 +371,9 @@ class PostgresStore(Store):
                         bytes(row["body"]),
                         str(row["factory"]),
                         int(row["build_id"]),
+                        str(row["trigger"]),
+                        _transition(row["transition"]),
+                        tuple(json.loads(row["mentions"])) if row["mentions"] else (),
                     )
                 )
             if taken:
@@ -495,6 +583,34 @@ class PostgresStore(Store):
 
     async def release_lane(self, destination: str) -> None:
         await self._lanes.drop(destination)
+
+
+async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepted:
+    """The new event's place in its trigger's history, and the deliveries `plan` picks."""
+    earlier = await c.fetch(_HISTORY, event.factory, event.trigger, event.build_id, HISTORY_DEPTH)
+    change = transition(
+        event.build_id, event.status, [(int(r["build_id"]), str(r["status"])) for r in earlier]
+    )
+    targets = plan(change)
+    await c.execute(
+        _RECORD,
+        event.factory,
+        event.trigger,
+        event.build_id,
+        event.status,
+        event.completed_at,
+        json.dumps(change.as_dict()),
+        event_id,
+        event.received_at,
+        [name for name, _ in targets],
+        [json.dumps(list(mentions)) if mentions else None for _, mentions in targets],
+    )
+    names = tuple(name for name, _ in targets)
+    return Accepted(event_id, len(targets), False, names, change)
+
+
+def _transition(stored: str | None) -> Transition | None:
+    return None if stored is None else Transition.from_dict(json.loads(stored))
 
 
 def _delivery_row(row: Any) -> DeliveryRow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import queue
 import sqlite3
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge.policy import HISTORY_DEPTH, Transition, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -29,6 +31,7 @@ from bridge.store import (
     EventRow,
     HourActivity,
     NewEvent,
+    Plan,
     State,
     Store,
     StoreUnavailable,
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS events (
     build_id INTEGER NOT NULL,
     status TEXT NOT NULL,
     body BLOB NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    transition TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
     claimed_until REAL,
-    last_error TEXT
+    last_error TEXT,
+    mentions TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_lane
     ON deliveries (destination, id) WHERE state = 'pending';
@@ -69,6 +74,21 @@ CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (state, updated_at)
     WHERE state != 'pending';
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS builds (
+    factory TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    build_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    completed_at REAL,
+    PRIMARY KEY (factory, trigger, build_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS threads (
+    destination TEXT NOT NULL,
+    factory TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    thread TEXT NOT NULL,
+    PRIMARY KEY (destination, factory, trigger)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 
@@ -95,6 +115,7 @@ class SqliteStore(Store):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.executescript(SCHEMA)
+            _add_columns(connection)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         self._thread = threading.Thread(
@@ -171,7 +192,7 @@ class SqliteStore(Store):
 
     # -- the store interface --------------------------------------------------
 
-    async def accept(self, event: NewEvent, destinations: list[str]) -> Accepted:
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
         def work(c: sqlite3.Connection) -> Accepted:
             row = c.execute(
                 "INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)"
@@ -195,13 +216,47 @@ class SqliteStore(Store):
                 ).fetchone()
                 return Accepted(event_id, count, duplicate=True)
             (event_id,) = row
+            # The builds before this one, and this build itself when a re-run ended it
+            # otherwise earlier: a re-run that passes fixes the build that had failed.
+            earlier = c.execute(
+                "SELECT build_id, status FROM builds WHERE factory = ? AND trigger = ?"
+                " AND (build_id < ? OR (build_id = ? AND status != ?"
+                " AND coalesce(completed_at, 0) <= coalesce(?, 0)))"
+                " ORDER BY build_id DESC LIMIT ?",
+                (
+                    event.factory,
+                    event.trigger,
+                    event.build_id,
+                    event.build_id,
+                    event.status,
+                    event.completed_at,
+                    HISTORY_DEPTH,
+                ),
+            ).fetchall()
+            change = transition(event.build_id, event.status, earlier)
+            c.execute(
+                "INSERT INTO builds (factory, trigger, build_id, status, completed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status = excluded.status,"
+                " completed_at = excluded.completed_at"
+                " WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)",
+                (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
+            )
+            c.execute(
+                "UPDATE events SET transition = ? WHERE id = ?",
+                (json.dumps(change.as_dict()), event_id),
+            )
+            targets = plan(change)
             now = event.received_at
             c.executemany(
                 "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?)",
-                [(event_id, name, now, now, now) for name in destinations],
+                " next_attempt_at, mentions) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (event_id, name, now, now, now, json.dumps(mentions) if mentions else None)
+                    for name, mentions in targets
+                ],
             )
-            return Accepted(event_id, len(destinations), duplicate=False)
+            names = tuple(name for name, _ in targets)
+            return Accepted(event_id, len(targets), False, names, change)
 
         return await self._call(work)
 
@@ -209,7 +264,8 @@ class SqliteStore(Store):
         def work(c: sqlite3.Connection) -> Claim:
             rows = c.execute(
                 "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
-                " d.claimed_until, e.body, e.factory, e.build_id"
+                " d.claimed_until, e.body, e.factory, e.build_id, e.trigger, e.transition,"
+                " d.mentions"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
                 (destination, limit),
@@ -222,10 +278,20 @@ class SqliteStore(Store):
                 if due > now:
                     next_due = due if not taken else None
                     break
-                body, factory, build_id = event
+                body, factory, build_id, trigger, change, mentions = event
                 taken.append(
                     Delivery(
-                        id_, event_id, destination, attempts, created_at, body, factory, build_id
+                        id_,
+                        event_id,
+                        destination,
+                        attempts,
+                        created_at,
+                        body,
+                        factory,
+                        build_id,
+                        trigger,
+                        Transition.from_dict(json.loads(change)) if change else None,
+                        tuple(json.loads(mentions)) if mentions else (),
                     )
                 )
             c.executemany(
@@ -341,6 +407,30 @@ class SqliteStore(Store):
 
         return await self._call(work)
 
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        def work(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT thread FROM threads WHERE destination = ? AND factory = ? AND trigger = ?",
+                (destination, factory, trigger),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._call(work)
+
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        key = (destination, factory, trigger)
+        if thread is None:
+            sql = "DELETE FROM threads WHERE destination = ? AND factory = ? AND trigger = ?"
+            await self._call(lambda c: c.execute(sql, key))
+        else:
+            sql = (
+                "INSERT INTO threads (destination, factory, trigger, thread) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET thread = excluded.thread"
+            )
+            await self._call(lambda c: c.execute(sql, (*key, thread)))
+
     async def ping(self) -> None:
         now = time.time()
         await self._call(
@@ -414,6 +504,17 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+# Columns newer than the first schema: a store file written before them gets them on open.
+_ADDED_COLUMNS = (("events", "transition", "TEXT"), ("deliveries", "mentions", "TEXT"))
+
+
+def _add_columns(connection: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _exclusive_lock(path: Path) -> int:
