@@ -522,7 +522,8 @@ def test_routes_previews_which_routes_a_transition_reaches(tmp_path: Path) -> No
 
     assert after_pass.returncode == streak.returncode == 0, after_pass.stderr + streak.stderr
     assert after_pass.stdout.splitlines()[0] == (
-        "build: factory andy-corp, trigger containers-devel, #68 FAILED (New failure after #67 passed)"
+        "build: factory andy-corp, trigger containers-devel,"
+        " #68 FAILED (New failure after #67 passed)"
     )
     assert "routes[0]: match" in after_pass.stdout
     assert "routes[1]: no match: FAILED (first failure) is not in notify" in after_pass.stdout

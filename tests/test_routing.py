@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import pytest
 
+from bridge import routing
 from bridge.config import Route
 from bridge.jobserv import Build, parse_build
-from bridge import routing
 from bridge.policy import transition
 from bridge.routing import RouteMatch
 from tests.conftest import FAILED, PASSED, fixture_body
@@ -22,6 +22,7 @@ def destinations_for(routes: list[Route], build: Build) -> list[str]:
 
 def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
     return routing.explain(routes, build, transition(build.build_id, build.status, []))
+
 
 Notify = list[Literal["failed", "passed"]]
 
