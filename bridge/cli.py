@@ -27,7 +27,7 @@ from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
-from bridge.policy import Transition, transition
+from bridge.policy import Transition, history, transition
 from bridge.redact import Redactor
 from bridge.render import TemplateError, context
 from bridge.routing import explain, targets
@@ -168,7 +168,7 @@ def _read_build(path: Path) -> Build:
 def _transition(build: Build, previous: list[str]) -> Transition:
     """The build's transition, as if the builds before it ended as `previous` (newest first)."""
     earlier = [(build.build_id - 1 - i, status) for i, status in enumerate(previous)]
-    return transition(build.build_id, build.status, earlier)
+    return transition(build.build_id, build.status, history(earlier))
 
 
 def _previous_argument(text: str) -> list[str]:

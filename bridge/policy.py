@@ -6,15 +6,13 @@ so events that arrive late or twice do not change what an earlier build meant.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 # What a route's `notify` can ask for.
 Policy = Literal["failed", "first_failure", "still_failing", "fixed", "passed"]
 POLICIES: tuple[Policy, ...] = ("failed", "first_failure", "still_failing", "fixed", "passed")
-
-# How many earlier builds are looked at to find where a failing streak began.
-HISTORY_DEPTH = 1000
 
 
 @dataclass(frozen=True)
@@ -22,7 +20,7 @@ class Transition:
     kind: Literal["first_failure", "still_failing", "fixed", "passed", "other"]
     summary: str  # e.g. "Still failing since #41", "Fixed after 3 failed builds (#41-#43)"
     since: int | None = None  # the first failed build of the streak
-    failed_builds: tuple[int, ...] = ()  # the streak, oldest first (this build included)
+    failed_count: int = 0  # failed builds in the streak (this one included when it failed)
     previous: int | None = None  # the build just before, if known
     previous_status: str | None = None
 
@@ -38,56 +36,77 @@ class Transition:
         return frozenset()
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["failed_builds"] = list(self.failed_builds)
-        return data
+        return {
+            "kind": self.kind,
+            "summary": self.summary,
+            "since": self.since,
+            "failed_count": self.failed_count,
+            "previous": self.previous,
+            "previous_status": self.previous_status,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transition:
-        return cls(**{**data, "failed_builds": tuple(data.get("failed_builds") or ())})
+        return cls(**data)
 
 
-def _span(builds: list[int]) -> str:
-    return f"#{builds[0]}" if len(builds) == 1 else f"#{builds[0]}-#{builds[-1]}"
+@dataclass(frozen=True)
+class History:
+    """What the store knows of the builds before this one (of the same factory and trigger)."""
+
+    previous: int | None = None
+    previous_status: str | None = None
+    # The failed builds that end at `previous`: the first one and how many (none: 0).
+    streak_since: int | None = None
+    streak_count: int = 0
 
 
-def transition(build_id: int, status: str, earlier: list[tuple[int, str]]) -> Transition:
-    """This build's transition, given the builds before it, newest first."""
-    previous, previous_status = earlier[0] if earlier else (None, None)
-    streak: list[int] = []
-    for number, earlier_status in earlier:
-        if earlier_status != "FAILED":
+def history(earlier: Iterable[tuple[int, str]]) -> History:
+    """History from the earlier builds, newest first (read only as far as needed)."""
+    builds = iter(earlier)
+    first = next(builds, None)
+    if first is None:
+        return History()
+    previous, previous_status = first
+    if previous_status != "FAILED":
+        return History(previous, previous_status)
+    since, count = previous, 1
+    for number, status in builds:
+        if status != "FAILED":
             break
-        streak.append(number)
-    streak.reverse()
+        since, count = number, count + 1
+    return History(previous, previous_status, since, count)
+
+
+def transition(build_id: int, status: str, before: History) -> Transition:
+    """This build's transition, given its history."""
+    previous, previous_status = before.previous, before.previous_status
+    streak = before.streak_count
     status = status.upper()
     if status == "FAILED":
         if streak:
-            builds = (*streak, build_id)
             return Transition(
                 "still_failing",
-                f"Still failing since #{streak[0]} ({len(builds)} failed builds)",
-                streak[0],
-                builds,
+                f"Still failing since #{before.streak_since} ({streak + 1} failed builds)",
+                before.streak_since,
+                streak + 1,
                 previous,
                 previous_status,
             )
         passed_before = previous_status == "PASSED"
         summary = f"New failure after #{previous} passed" if passed_before else "Failed"
-        return Transition(
-            "first_failure", summary, build_id, (build_id,), previous, previous_status
-        )
+        return Transition("first_failure", summary, build_id, 1, previous, previous_status)
     if status == "PASSED":
         if streak:
-            count = len(streak)
-            plural = "s" if count > 1 else ""
+            plural = "s" if streak > 1 else ""
+            span = f"#{before.streak_since}" + (f"-#{previous}" if streak > 1 else "")
             return Transition(
                 "fixed",
-                f"Fixed after {count} failed build{plural} ({_span(streak)})",
-                streak[0],
-                tuple(streak),
+                f"Fixed after {streak} failed build{plural} ({span})",
+                before.streak_since,
+                streak,
                 previous,
                 previous_status,
             )
-        return Transition("passed", "Passed", None, (), previous, previous_status)
-    return Transition("other", status.capitalize(), None, (), previous, previous_status)
+        return Transition("passed", "Passed", None, 0, previous, previous_status)
+    return Transition("other", status.capitalize(), None, 0, previous, previous_status)

@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from bridge.chats.base import Body, Fits
 from bridge.jobserv import Build
 from bridge.markup import html, html_link, markdown, markdown_link, unmention
-from bridge.policy import Transition, transition
+from bridge.policy import History, Transition, transition
 
 if TYPE_CHECKING:
     from bridge.failed_tests import RunTests
@@ -232,7 +232,7 @@ def context(
     `mentions`: who the routes mention in this message.
     """
     if change is None:
-        change = transition(build.build_id, build.status, [])
+        change = transition(build.build_id, build.status, History())
     runs = []
     for run in build.runs:
         data = run.model_dump(mode="json")

@@ -10,18 +10,20 @@ import pytest
 from bridge import routing
 from bridge.config import Route
 from bridge.jobserv import Build, parse_build
-from bridge.policy import transition
+from bridge.policy import History, transition
 from bridge.routing import RouteMatch
 from tests.conftest import FAILED, PASSED, fixture_body
 
 
 # These tests are about globs and outcomes: each build is the first of its trigger seen.
 def destinations_for(routes: list[Route], build: Build) -> list[str]:
-    return routing.destinations_for(routes, build, transition(build.build_id, build.status, []))
+    return routing.destinations_for(
+        routes, build, transition(build.build_id, build.status, History())
+    )
 
 
 def explain(routes: list[Route], build: Build) -> list[RouteMatch]:
-    return routing.explain(routes, build, transition(build.build_id, build.status, []))
+    return routing.explain(routes, build, transition(build.build_id, build.status, History()))
 
 
 Notify = list[Literal["failed", "passed"]]

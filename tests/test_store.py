@@ -155,16 +155,21 @@ async def test_each_event_takes_its_place_in_its_triggers_history(store: Store) 
 
     assert (kind(first.transition), first.destinations) == ("first_failure", ("ci-alerts",))
     assert again.transition == Transition(
-        "still_failing", "Still failing since #41 (2 failed builds)", 41, (41, 42), 41, "FAILED"
+        "still_failing", "Still failing since #41 (2 failed builds)", 41, 2, 41, "FAILED"
     )
     assert fixed.transition is not None
-    assert (fixed.transition.kind, fixed.transition.failed_builds) == ("fixed", (41, 42))
+    assert (fixed.transition.kind, fixed.transition.since, fixed.transition.failed_count) == (
+        "fixed",
+        41,
+        2,
+    )
     assert kind(elsewhere.transition) == "first_failure"  # another trigger, another history
     assert broken.transition == Transition(
-        "first_failure", "New failure after #43 passed", 45, (45,), 43, "PASSED"
+        "first_failure", "New failure after #43 passed", 45, 1, 43, "PASSED"
     )
     assert still.transition is not None
-    assert still.transition.failed_builds == (45, 46)  # the streak ends at the pass
+    # The streak ends at the pass.
+    assert (still.transition.since, still.transition.failed_count) == (45, 2)
 
 
 async def test_history_follows_build_numbers_and_the_latest_completion(store: Store) -> None:
@@ -536,8 +541,9 @@ async def test_replicas_share_the_history_and_the_threads(postgres_url: str) -> 
 
 
 async def test_one_triggers_events_are_accepted_one_at_a_time(postgres_url: str) -> None:
-    """Each failed build's streak holds the earlier builds it saw. Taken one at a time,
-    "n saw m" orders every pair without a cycle, whatever the replicas did at once."""
+    """Each failed build names the newest earlier build it saw (`previous`): that one came
+    before it, and every build between them came after it. Taken one at a time, these
+    "comes before" facts have no cycle, whatever the replicas did at once."""
     stores = await opened(postgres_url, 3)
     try:
         accepted = await asyncio.gather(
@@ -545,19 +551,15 @@ async def test_one_triggers_events_are_accepted_one_at_a_time(postgres_url: str)
         )
     finally:
         await asyncio.gather(*(s.close() for s in stores))
-    saw: dict[int, set[int]] = {}
+    edges: dict[int, set[int]] = {n: set() for n in range(1, 41)}
     for n, result in enumerate(accepted, start=1):
         assert result.transition is not None
-        saw[n] = set(result.transition.failed_builds) - {n}
-    # "Comes before" edges: m -> n when n saw m; n -> m when n (the later build) did not.
-    edges: dict[int, set[int]] = {n: set() for n in saw}
-    for n in saw:
-        for m in range(1, n):
-            if m in saw[n]:
-                edges[m].add(n)
-            else:
-                edges[n].add(m)
-    incoming = {n: sum(n in targets for targets in edges.values()) for n in saw}
+        previous = result.transition.previous
+        if previous is not None:
+            edges[previous].add(n)
+        for unseen in range((previous or 0) + 1, n):
+            edges[n].add(unseen)
+    incoming = {n: sum(n in targets for targets in edges.values()) for n in edges}
     ready = [n for n, count in incoming.items() if count == 0]
     ordered = 0
     while ready:
@@ -567,7 +569,7 @@ async def test_one_triggers_events_are_accepted_one_at_a_time(postgres_url: str)
             incoming[m] -= 1
             if incoming[m] == 0:
                 ready.append(m)
-    assert ordered == len(saw), "no one-at-a-time order explains what the builds saw"
+    assert ordered == len(edges), "no one-at-a-time order explains what the builds saw"
 
 
 async def test_a_store_of_an_older_version_is_migrated_when_opened(postgres_url: str) -> None:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.policy import HISTORY_DEPTH, Transition, transition
+from bridge.policy import History, Transition, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -137,13 +137,17 @@ SELECT id, pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3)) FROM event
 
 # The builds before this one, newest first, back to the first that did not fail: the
 # failing streak and what ended it are all a transition looks at.
-_HISTORY = """
-SELECT build_id, status FROM builds
-WHERE factory = $1 AND trigger = $2 AND build_id < $3 AND build_id >= coalesce(
-    (SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2 AND build_id < $3
-     AND status <> 'FAILED'),
+# The builds before an event's build in its trigger's history; and the build itself when
+# a re-run ended it otherwise earlier: a re-run that passes fixes the build that failed.
+_EARLIER = """factory = $1 AND trigger = $2 AND (build_id < $3 OR (build_id = $3
+    AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)))"""
+_PREVIOUS = f"SELECT build_id, status FROM builds WHERE {_EARLIER} ORDER BY build_id DESC LIMIT 1"
+_STREAK = f"""
+SELECT min(build_id) AS since, count(*) AS count FROM builds
+WHERE {_EARLIER} AND build_id > coalesce(
+    (SELECT build_id FROM builds WHERE {_EARLIER} AND status <> 'FAILED'
+     ORDER BY build_id DESC LIMIT 1),
     -9223372036854775808)
-ORDER BY build_id DESC LIMIT $4
 """
 
 _RECORD = """
@@ -587,10 +591,7 @@ class PostgresStore(Store):
 
 async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepted:
     """The new event's place in its trigger's history, and the deliveries `plan` picks."""
-    earlier = await c.fetch(_HISTORY, event.factory, event.trigger, event.build_id, HISTORY_DEPTH)
-    change = transition(
-        event.build_id, event.status, [(int(r["build_id"]), str(r["status"])) for r in earlier]
-    )
+    change = transition(event.build_id, event.status, await _history(c, event))
     targets = plan(change)
     await c.execute(
         _RECORD,
@@ -607,6 +608,19 @@ async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepte
     )
     names = tuple(name for name, _ in targets)
     return Accepted(event_id, len(targets), False, names, change)
+
+
+async def _history(c: Any, event: NewEvent) -> History:
+    """The build before and the failing streak it ends, read only as far as the streak goes."""
+    earlier = (event.factory, event.trigger, event.build_id, event.status, event.completed_at)
+    found = await c.fetchrow(_PREVIOUS, *earlier)
+    if found is None:
+        return History()
+    previous, status = int(found["build_id"]), str(found["status"])
+    if status != "FAILED":
+        return History(previous, status)
+    streak = await c.fetchrow(_STREAK, *earlier)
+    return History(previous, status, int(streak["since"]), int(streak["count"]))
 
 
 def _transition(stored: str | None) -> Transition | None:

@@ -5,6 +5,11 @@ waiting, runs them in one transaction (each in its own savepoint, so one failure
 does not sink the others), commits once with a full sync, and only then answers
 them all. Concurrent webhooks thus share one fsync, each still answered after its
 data is durable, and the event loop never waits on the disk.
+
+Only accepted events need that fsync before the answer. A batch of nothing but
+delivery bookkeeping (claims, outcomes) commits without one: a process killed at
+any moment loses none of it (the operating system has it), and a power cut can at
+worst make a sent message go out again, which at-least-once delivery allows.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.policy import HISTORY_DEPTH, Transition, transition
+from bridge.policy import History, Transition, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -38,7 +43,8 @@ from bridge.store import (
 )
 
 T = TypeVar("T")
-Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+# The work, where its answer goes, and whether its commit must reach the disk first.
+Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
 
 # Enough to amortise one fsync over a burst, small enough to keep each commit short.
 MAX_BATCH = 512
@@ -100,6 +106,7 @@ class SqliteStore(Store):
         self._thread: threading.Thread | None = None
         self._lock_file: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._synchronous = "FULL"  # the connection's setting, switched per batch
 
     # -- the writer thread --------------------------------------------------
 
@@ -114,6 +121,7 @@ class SqliteStore(Store):
             )
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
+            self._synchronous = "FULL"
             connection.executescript(SCHEMA)
             _add_columns(connection)
         except (OSError, sqlite3.Error) as exc:
@@ -159,9 +167,13 @@ class SqliteStore(Store):
 
     def _run_batch(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
         try:
+            if synchronous != self._synchronous:
+                connection.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
             connection.execute("BEGIN IMMEDIATE")
-            for work, future in batch:
+            for work, future, _ in batch:
                 connection.execute("SAVEPOINT job")
                 try:
                     result = work(connection)
@@ -178,16 +190,16 @@ class SqliteStore(Store):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             failure = StoreUnavailable(f"store write failed: {exc}")
-            results = [(future, None, failure) for _, future in batch]
+            results = [(future, None, failure) for _, future, _ in batch]
         assert self._loop is not None
-        for future, result, error in results:
-            self._loop.call_soon_threadsafe(_settle, future, result, error)
+        self._loop.call_soon_threadsafe(_settle_all, results)
 
-    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run `work` in the writer thread; `durable`: answer only once it is on disk."""
         if self._thread is None or self._loop is None:
             raise StoreUnavailable("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((work, future))
+        self._jobs.put((work, future, durable))
         return await future
 
     # -- the store interface --------------------------------------------------
@@ -216,24 +228,7 @@ class SqliteStore(Store):
                 ).fetchone()
                 return Accepted(event_id, count, duplicate=True)
             (event_id,) = row
-            # The builds before this one, and this build itself when a re-run ended it
-            # otherwise earlier: a re-run that passes fixes the build that had failed.
-            earlier = c.execute(
-                "SELECT build_id, status FROM builds WHERE factory = ? AND trigger = ?"
-                " AND (build_id < ? OR (build_id = ? AND status != ?"
-                " AND coalesce(completed_at, 0) <= coalesce(?, 0)))"
-                " ORDER BY build_id DESC LIMIT ?",
-                (
-                    event.factory,
-                    event.trigger,
-                    event.build_id,
-                    event.build_id,
-                    event.status,
-                    event.completed_at,
-                    HISTORY_DEPTH,
-                ),
-            ).fetchall()
-            change = transition(event.build_id, event.status, earlier)
+            change = transition(event.build_id, event.status, _history(c, event))
             c.execute(
                 "INSERT INTO builds (factory, trigger, build_id, status, completed_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status = excluded.status,"
@@ -258,7 +253,7 @@ class SqliteStore(Store):
             names = tuple(name for name, _ in targets)
             return Accepted(event_id, len(targets), False, names, change)
 
-        return await self._call(work)
+        return await self._call(work, durable=True)
 
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
         def work(c: sqlite3.Connection) -> Claim:
@@ -497,13 +492,53 @@ class SqliteStore(Store):
         return await self._call(work)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+# The builds before an event's build in its trigger's history; and the build itself when
+# a re-run ended it otherwise earlier: a re-run that passes fixes the build that failed.
+_EARLIER = (
+    "factory = ? AND trigger = ? AND (build_id < ? OR (build_id = ? AND status != ?"
+    " AND coalesce(completed_at, 0) <= coalesce(?, 0)))"
+)
+
+
+def _history(c: sqlite3.Connection, event: NewEvent) -> History:
+    """The build before and the failing streak it ends, read only as far as the streak goes."""
+    earlier = (
+        event.factory,
+        event.trigger,
+        event.build_id,
+        event.build_id,
+        event.status,
+        event.completed_at,
+    )
+    found = c.execute(
+        f"SELECT build_id, status FROM builds WHERE {_EARLIER} ORDER BY build_id DESC LIMIT 1",
+        earlier,
+    ).fetchone()
+    if found is None:
+        return History()
+    previous, status = found
+    if status != "FAILED":
+        return History(previous, status)
+    passed = c.execute(
+        f"SELECT build_id FROM builds WHERE {_EARLIER} AND status != 'FAILED'"
+        " ORDER BY build_id DESC LIMIT 1",
+        earlier,
+    ).fetchone()
+    since, count = c.execute(
+        f"SELECT min(build_id), count(*) FROM builds WHERE {_EARLIER} AND build_id > ?",
+        (*earlier, passed[0] if passed else -(2**63)),
+    ).fetchone()
+    return History(previous, status, since, count)
+
+
+def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 # Columns newer than the first schema: a store file written before them gets them on open.
