@@ -13,8 +13,10 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
 from bridge.config import Config, DeliveryConfig, JobservConfig
@@ -23,7 +25,7 @@ from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception
 from bridge.redact import Redactor
-from bridge.render import Template, TemplateError, context
+from bridge.render import Template, TemplateError, build_context, context
 from bridge.store import Delivery, Store
 
 log = logging.getLogger("bridge.delivery")
@@ -64,6 +66,27 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+class ParsedEvents:
+    """Stored events parsed, with their template facts: one event often goes to several
+    destinations, so the lanes share this (a few hundred events, the most recent)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        # Keyed by the body itself: the same bytes always parse the same.
+        self.entries: OrderedDict[bytes, tuple[Build, dict[str, Any]]] = OrderedDict()
+
+    def get(self, delivery: Delivery) -> tuple[Build, dict[str, Any]]:
+        found = self.entries.get(delivery.body)
+        if found is not None:
+            self.entries.move_to_end(delivery.body)
+            return found
+        build = parse_build(delivery.body)
+        found = self.entries[delivery.body] = (build, build_context(build))
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return found
+
+
 @dataclass
 class Lane:
     settings: DestinationSettings
@@ -80,6 +103,7 @@ class Lane:
     # Replicas sharing a store: only the one that owns a lane claims its deliveries.
     owned: bool = False
     waited: bool = False  # another replica owned the lane since this one started
+    events: ParsedEvents = field(default_factory=ParsedEvents)
     # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
     tests: FailedTestsFetcher | None = None
     jobserv: JobservConfig | None = None
@@ -171,7 +195,7 @@ class Lane:
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         try:
-            build = parse_build(delivery.body)
+            build, facts = self.events.get(delivery)
             tests = await self._failed_tests(build)
             rendered = self.template.render_within(
                 context(
@@ -181,6 +205,7 @@ class Lane:
                     tests=tests,
                     change=delivery.transition,
                     mentions=delivery.mentions,
+                    facts=None if tests else facts,
                 ),
                 CHAT_TYPES[self.settings.type].fits,
                 self.settings.max_failed_runs,
@@ -312,6 +337,7 @@ class Dispatcher:
         self.redact = redact
         self.metrics = metrics
         self.tests = tests
+        self.events = ParsedEvents()
         self.retention = config.delivery.retention
         self.lanes = self._lanes(config, chats)
         self.tasks: list[asyncio.Task[None]] = []
@@ -329,6 +355,7 @@ class Dispatcher:
                 slots,
                 self.redact,
                 self.metrics,
+                events=self.events,
                 tests=self.tests,
                 jobserv=config.jobserv,
             )
@@ -340,7 +367,11 @@ class Dispatcher:
         self.pruner = asyncio.create_task(self._prune(), name="prune")
 
     async def _start_lanes(self) -> None:
-        orphans = await self.store.kill_orphans(set(self.lanes), time.time())
+        try:
+            orphans = await self.store.kill_orphans(set(self.lanes), time.time())
+        except Exception:  # they wait, pending, for the next start; the lanes must run now
+            log.exception("could not dead-letter deliveries to removed destinations")
+            orphans = 0
         if orphans:
             log.warning("%d pending deliveries to removed destinations are now dead", orphans)
         self.tasks = [

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,12 +59,12 @@ class Build(BaseModel):
     reason: str | None = None
     annotation: Any = None
 
-    @property
+    @cached_property
     def project(self) -> str:
         """`<factory>/lmp`, or `lmp` for the public LmP project."""
         return _project_of(self.url) or _project_of(self.web_url or "") or ""
 
-    @property
+    @cached_property
     def factory(self) -> str:
         return self.project.split("/", 1)[0]
 

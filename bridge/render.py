@@ -216,23 +216,12 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     return max((end - start).total_seconds(), 0.0)
 
 
-def context(
-    build: Build,
-    *,
-    event_id: int,
-    destination: str,
-    tests: dict[str, RunTests] | None = None,
-    change: Transition | None = None,
-    mentions: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """Everything a template can use; documented in the README.
+def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dict[str, Any]:
+    """The part of the context that comes from the build alone (and its failed tests).
 
-    `tests`: the failed tests of failed runs, by run name, when looked up.
-    `change`: the build's transition in its history (default: the first build seen).
-    `mentions`: who the routes mention in this message.
+    Plain data that templates cannot change (the sandbox is immutable), so one event's
+    facts serve every destination it goes to.
     """
-    if change is None:
-        change = transition(build.build_id, build.status, History())
     runs = []
     for run in build.runs:
         data = run.model_dump(mode="json")
@@ -254,8 +243,6 @@ def context(
     reason_full = build.reason or ""
     return {
         "build": build.model_dump(mode="json"),
-        "event_id": event_id,
-        "destination": destination,
         "factory": build.factory,
         "project": build.project,
         "trigger": build.trigger_name or "",
@@ -285,6 +272,32 @@ def context(
         },
         "reason": shorten(first_line(reason_full)),
         "reason_full": reason_full,
+    }
+
+
+def context(
+    build: Build,
+    *,
+    event_id: int,
+    destination: str,
+    tests: dict[str, RunTests] | None = None,
+    change: Transition | None = None,
+    mentions: tuple[str, ...] = (),
+    facts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a template can use; documented in the README.
+
+    `tests`: the failed tests of failed runs, by run name, when looked up.
+    `change`: the build's transition in its history (default: the first build seen).
+    `mentions`: who the routes mention in this message.
+    `facts`: `build_context(build, tests)`, when already made.
+    """
+    if change is None:
+        change = transition(build.build_id, build.status, History())
+    return {
+        **(facts if facts is not None else build_context(build, tests)),
+        "event_id": event_id,
+        "destination": destination,
         "transition": change.as_dict(),
         # What the transition adds to the status, when it adds anything.
         "note": change.summary

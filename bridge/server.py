@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -273,9 +274,13 @@ async def reload(app: web.Application) -> bool:
                 log.error("reload of %s refused, the running config stays: %s", path, problem)
             metrics.reloads.labels("failure").inc()
             return False
+        running = live.config
         for section in ("server", "store", "admin"):
-            if getattr(config, section) != getattr(live.config, section):
+            if getattr(config, section) != getattr(running, section):
                 log.warning("reload: changes to [%s] take effect at the next restart", section)
+        config = dataclasses.replace(
+            config, server=running.server, store=running.store, admin=running.admin
+        )
         live.redact.add(config.secrets())
         chats = _chats(config, app[SESSION])
         grace = live.config.server.shutdown_timeout

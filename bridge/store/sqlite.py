@@ -206,9 +206,11 @@ class SqliteStore(Store):
 
     async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
         def work(c: sqlite3.Connection) -> Accepted:
+            change = transition(event.build_id, event.status, _history(c, event))
             row = c.execute(
-                "INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+                "INSERT INTO events"
+                " (key, factory, trigger, build_id, status, body, received_at, transition)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
                 (
                     event.key,
                     event.factory,
@@ -217,6 +219,7 @@ class SqliteStore(Store):
                     event.status,
                     event.body,
                     event.received_at,
+                    json.dumps(change.as_dict()),
                 ),
             ).fetchone()
             if row is None:
@@ -228,17 +231,12 @@ class SqliteStore(Store):
                 ).fetchone()
                 return Accepted(event_id, count, duplicate=True)
             (event_id,) = row
-            change = transition(event.build_id, event.status, _history(c, event))
             c.execute(
                 "INSERT INTO builds (factory, trigger, build_id, status, completed_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status = excluded.status,"
                 " completed_at = excluded.completed_at"
                 " WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)",
                 (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
-            )
-            c.execute(
-                "UPDATE events SET transition = ? WHERE id = ?",
-                (json.dumps(change.as_dict()), event_id),
             )
             targets = plan(change)
             now = event.received_at
