@@ -15,6 +15,15 @@ Policy = Literal["failed", "first_failure", "still_failing", "fixed", "passed"]
 POLICIES: tuple[Policy, ...] = ("failed", "first_failure", "still_failing", "fixed", "passed")
 
 
+# A failing streak is counted up to this many builds ("1000+ failed builds").
+STREAK_LIMIT = 1000
+
+
+def _builds(count: int) -> str:
+    number = f"{STREAK_LIMIT}+" if count >= STREAK_LIMIT else str(count)
+    return f"{number} failed build" + ("" if count == 1 else "s")
+
+
 @dataclass(frozen=True)
 class Transition:
     kind: Literal["first_failure", "still_failing", "fixed", "passed", "other"]
@@ -78,6 +87,29 @@ def history(earlier: Iterable[tuple[int, str]]) -> History:
     return History(previous, previous_status, since, count)
 
 
+def streak_history(
+    build_id: int,
+    rerun_status: str | None,
+    prior: tuple[int, str] | None,
+    streak: tuple[int, int] | None,
+) -> History:
+    """History from what a store read: the status of an earlier completion of this same
+    build (a re-run ended it otherwise), the newest build below it, and, when that one
+    failed, the failing streak it ends (its first build and its length)."""
+    if rerun_status is not None:
+        previous, status = build_id, rerun_status
+    elif prior is not None:
+        previous, status = prior
+    else:
+        return History()
+    if status != "FAILED":
+        return History(previous, status)
+    if streak is None:  # only the re-run failed
+        return History(previous, status, build_id, 1)
+    since, count = streak
+    return History(previous, status, since, count + (rerun_status is not None))
+
+
 def transition(build_id: int, status: str, before: History) -> Transition:
     """This build's transition, given its history."""
     previous, previous_status = before.previous, before.previous_status
@@ -87,7 +119,7 @@ def transition(build_id: int, status: str, before: History) -> Transition:
         if streak:
             return Transition(
                 "still_failing",
-                f"Still failing since #{before.streak_since} ({streak + 1} failed builds)",
+                f"Still failing since #{before.streak_since} ({_builds(streak + 1)})",
                 before.streak_since,
                 streak + 1,
                 previous,
@@ -98,11 +130,10 @@ def transition(build_id: int, status: str, before: History) -> Transition:
         return Transition("first_failure", summary, build_id, 1, previous, previous_status)
     if status == "PASSED":
         if streak:
-            plural = "s" if streak > 1 else ""
             span = f"#{before.streak_since}" + (f"-#{previous}" if streak > 1 else "")
             return Transition(
                 "fixed",
-                f"Fixed after {streak} failed build{plural} ({span})",
+                f"Fixed after {_builds(streak)} ({span})",
                 before.streak_since,
                 streak,
                 previous,

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.policy import History, Transition, transition
+from bridge.policy import STREAK_LIMIT, History, Transition, streak_history, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -120,6 +120,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (destination, factory, trigger)
     );
     """,
+    # 3: the newest build below one that did not fail, without reading a failing streak.
+    """
+    CREATE INDEX builds_ended ON builds (factory, trigger, build_id) WHERE status <> 'FAILED';
+    """,
 ]
 
 # A new event also takes its (factory, trigger)'s history lock, held until commit: the
@@ -135,19 +139,23 @@ WITH event AS (
 SELECT id, pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3)) FROM event
 """
 
-# The builds before this one, newest first, back to the first that did not fail: the
-# failing streak and what ended it are all a transition looks at.
-# The builds before an event's build in its trigger's history; and the build itself when
-# a re-run ended it otherwise earlier: a re-run that passes fixes the build that failed.
-_EARLIER = """factory = $1 AND trigger = $2 AND (build_id < $3 OR (build_id = $3
-    AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)))"""
-_PREVIOUS = f"SELECT build_id, status FROM builds WHERE {_EARLIER} ORDER BY build_id DESC LIMIT 1"
-_STREAK = f"""
-SELECT min(build_id) AS since, count(*) AS count FROM builds
-WHERE {_EARLIER} AND build_id > coalesce(
-    (SELECT build_id FROM builds WHERE {_EARLIER} AND status <> 'FAILED'
-     ORDER BY build_id DESC LIMIT 1),
-    -9223372036854775808)
+# What a store reads of a trigger's history for a new event (see `policy.streak_history`).
+_RERUN = """SELECT status FROM builds WHERE factory = $1 AND trigger = $2 AND build_id = $3
+    AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)"""
+_PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id < $3 ORDER BY build_id DESC LIMIT 1"""
+_STREAK = """
+WITH ended AS (
+    SELECT coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
+        -9223372036854775808) AS build_id
+)
+SELECT
+    (SELECT min(b.build_id) FROM builds b, ended WHERE b.factory = $1 AND b.trigger = $2
+        AND b.build_id > ended.build_id AND b.build_id < $3) AS since,
+    (SELECT count(*) FROM (SELECT 1 FROM builds b, ended WHERE b.factory = $1
+        AND b.trigger = $2 AND b.build_id > ended.build_id AND b.build_id < $3
+        LIMIT $4) AS streak) AS count
 """
 
 _RECORD = """
@@ -611,16 +619,16 @@ async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepte
 
 
 async def _history(c: Any, event: NewEvent) -> History:
-    """The build before and the failing streak it ends, read only as far as the streak goes."""
-    earlier = (event.factory, event.trigger, event.build_id, event.status, event.completed_at)
-    found = await c.fetchrow(_PREVIOUS, *earlier)
-    if found is None:
-        return History()
-    previous, status = int(found["build_id"]), str(found["status"])
-    if status != "FAILED":
-        return History(previous, status)
-    streak = await c.fetchrow(_STREAK, *earlier)
-    return History(previous, status, int(streak["since"]), int(streak["count"]))
+    """The build before this one and the failing streak it ends, reading only that far."""
+    trigger = (event.factory, event.trigger, event.build_id)
+    rerun = await c.fetchval(_RERUN, *trigger, event.status, event.completed_at)
+    found = await c.fetchrow(_PRIOR, *trigger)
+    prior = (int(found["build_id"]), str(found["status"])) if found else None
+    streak = None
+    if prior is not None and prior[1] == "FAILED":
+        row = await c.fetchrow(_STREAK, *trigger, STREAK_LIMIT)
+        streak = (int(row["since"]), int(row["count"]))
+    return streak_history(event.build_id, rerun, prior, streak)
 
 
 def _transition(stored: str | None) -> Transition | None:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.policy import History, Transition, transition
+from bridge.policy import STREAK_LIMIT, History, Transition, streak_history, transition
 from bridge.store import (
     Accepted,
     Claim,
@@ -88,6 +88,9 @@ CREATE TABLE IF NOT EXISTS builds (
     completed_at REAL,
     PRIMARY KEY (factory, trigger, build_id)
 ) WITHOUT ROWID;
+-- The newest build below one that did not fail, found without reading a failing streak.
+CREATE INDEX IF NOT EXISTS builds_ended ON builds (factory, trigger, build_id)
+    WHERE status != 'FAILED';
 CREATE TABLE IF NOT EXISTS threads (
     destination TEXT NOT NULL,
     factory TEXT NOT NULL,
@@ -490,43 +493,50 @@ class SqliteStore(Store):
         return await self._call(work)
 
 
-# The builds before an event's build in its trigger's history; and the build itself when
-# a re-run ended it otherwise earlier: a re-run that passes fixes the build that failed.
-_EARLIER = (
-    "factory = ? AND trigger = ? AND (build_id < ? OR (build_id = ? AND status != ?"
-    " AND coalesce(completed_at, 0) <= coalesce(?, 0)))"
-)
-
-
 def _history(c: sqlite3.Connection, event: NewEvent) -> History:
-    """The build before and the failing streak it ends, read only as far as the streak goes."""
-    earlier = (
-        event.factory,
-        event.trigger,
-        event.build_id,
-        event.build_id,
-        event.status,
-        event.completed_at,
-    )
-    found = c.execute(
-        f"SELECT build_id, status FROM builds WHERE {_EARLIER} ORDER BY build_id DESC LIMIT 1",
-        earlier,
+    """The build before this one and the failing streak it ends, reading only that far.
+
+    A re-run that completed the same build earlier with another status counts as the
+    build before: a re-run that passes fixes the build that had failed.
+    """
+    trigger = (event.factory, event.trigger)
+    rerun = c.execute(
+        "SELECT status FROM builds WHERE factory = ? AND trigger = ? AND build_id = ?"
+        " AND status != ? AND coalesce(completed_at, 0) <= coalesce(?, 0)",
+        (*trigger, event.build_id, event.status, event.completed_at),
     ).fetchone()
-    if found is None:
-        return History()
-    previous, status = found
-    if status != "FAILED":
-        return History(previous, status)
-    passed = c.execute(
-        f"SELECT build_id FROM builds WHERE {_EARLIER} AND status != 'FAILED'"
+    prior = c.execute(
+        "SELECT build_id, status FROM builds WHERE factory = ? AND trigger = ? AND build_id < ?"
         " ORDER BY build_id DESC LIMIT 1",
-        earlier,
+        (*trigger, event.build_id),
     ).fetchone()
+    failed_before = prior is not None and prior[1] == "FAILED"
+    return streak_history(
+        event.build_id,
+        rerun[0] if rerun else None,
+        (prior[0], prior[1]) if prior else None,
+        _streak(c, trigger, event.build_id) if failed_before else None,
+    )
+
+
+def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> tuple[int, int]:
+    """The first build and the length (counted up to STREAK_LIMIT) of the failing streak
+    just below `build_id`; index lookups, however long the streak."""
+    ended = c.execute(
+        "SELECT build_id FROM builds INDEXED BY builds_ended"
+        " WHERE factory = ? AND trigger = ? AND build_id < ? AND status != 'FAILED'"
+        " ORDER BY build_id DESC LIMIT 1",
+        (*trigger, build_id),
+    ).fetchone()
+    span = (*trigger, ended[0] if ended else -(2**63), build_id)
     since, count = c.execute(
-        f"SELECT min(build_id), count(*) FROM builds WHERE {_EARLIER} AND build_id > ?",
-        (*earlier, passed[0] if passed else -(2**63)),
+        "SELECT (SELECT min(build_id) FROM builds"
+        "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4),"
+        " (SELECT count(*) FROM (SELECT 1 FROM builds"
+        "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4 LIMIT ?5))",
+        (*span, STREAK_LIMIT),
     ).fetchone()
-    return History(previous, status, since, count)
+    return since, count
 
 
 def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
