@@ -110,6 +110,10 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
+        # The metrics every delivery touches, looked up once.
+        self._sent = self.metrics.deliveries.labels(self.name, "sent", "")
+        self._accept_to_sent = self.metrics.accept_to_sent_seconds.labels(self.name)
+        self._send_seconds = self.metrics.send_seconds.labels(self.name)
 
     @property
     def name(self) -> str:
@@ -172,7 +176,8 @@ class Lane:
                 if self.stopping or not await self._own():
                     await self.store.release([d.id for d in claim.deliveries[index:]])
                     return
-                await asyncio.sleep(self.bucket.delay())
+                if wait := self.bucket.delay():
+                    await asyncio.sleep(wait)
                 async with self.slots:
                     outcome = await self.deliver(delivery)
                 held = await self.record(delivery, outcome)
@@ -236,7 +241,7 @@ class Lane:
         except Exception as exc:
             return from_exception(exc)
         finally:
-            self.metrics.send_seconds.labels(self.name).observe(time.monotonic() - started)
+            self._send_seconds.observe(time.monotonic() - started)
 
     async def _threaded(self, chat: ThreadedChat, delivery: Delivery, body: Body) -> Outcome:
         """Follow-ups go in the thread of the failure that began the streak; its message is
@@ -282,8 +287,8 @@ class Lane:
         }
         if isinstance(outcome, Sent):
             await self.store.mark_sent(delivery.id, now)
-            self.metrics.deliveries.labels(self.name, "sent", "").inc()
-            self.metrics.accept_to_sent_seconds.labels(self.name).observe(now - delivery.created_at)
+            self._sent.inc()
+            self._accept_to_sent.observe(now - delivery.created_at)
             log.info("%s: sent (attempt %d)", where, attempt, extra={**fields, "outcome": "sent"})
             return False
         reason = self.redact(outcome.reason)

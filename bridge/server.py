@@ -19,7 +19,14 @@ from bridge.chats import CHAT_TYPES, Chat
 from bridge.config import Config, ConfigError, load_config
 from bridge.delivery import Dispatcher
 from bridge.failed_tests import FailedTestsFetcher
-from bridge.jobserv import SIGNATURE_HEADER, NotABuild, parse_build, signature_digest, signed_by
+from bridge.jobserv import (
+    SIGNATURE_HEADER,
+    Build,
+    NotABuild,
+    parse_build,
+    signature_digest,
+    signed_by,
+)
 from bridge.metrics import Metrics
 from bridge.policy import Transition
 from bridge.redact import Redactor
@@ -70,6 +77,20 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def new_event(build: Build, body: bytes) -> NewEvent:
+    """The event to store for a parsed build and the webhook body it came in, received now."""
+    return NewEvent(
+        key=build.identity,
+        factory=build.factory,
+        trigger=build.trigger_name or "",
+        build_id=build.build_id,
+        status=build.status,
+        body=body,
+        received_at=time.time(),
+        completed_at=build.completed.timestamp() if build.completed else None,
+    )
+
+
 async def webhook(request: web.Request) -> web.Response:
     response = await _intake(request)
     outcome = {202: "accepted", 200: "duplicate"}.get(response.status, str(response.status))
@@ -107,16 +128,7 @@ async def _intake(request: web.Request) -> web.Response:
     def plan(change: Transition) -> list[tuple[str, tuple[str, ...]]]:
         return [(t.destination, t.mentions) for t in targets(config.routes, build, change)]
 
-    event = NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-        completed_at=build.completed.timestamp() if build.completed else None,
-    )
+    event = new_event(build, body)
     try:
         accepted = await request.app[STORE].accept(event, plan)
     except StoreUnavailable as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from bridge.metrics import Metrics
 from bridge.outcome import Failed, Retry, Sent
 from bridge.redact import Redactor
 from bridge.render import context
-from bridge.store import Delivery, NewEvent
+from bridge.store import Delivery
 from bridge.store.sqlite import SqliteStore
-from tests.conftest import FAILED, PASSED, fixture_body, make_config, plan
+from tests.conftest import FAILED, PASSED, claimed_delivery, fixture_body, make_config
 from tests.fakes.chat_server import (
     Behaviour,
     FakeChat,
@@ -88,20 +87,6 @@ def chat_config(folder: Path, destination: str) -> Config:
     )
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    outbox = SqliteStore(tmp_path / "outbox.sqlite3")
-    await outbox.open(serving=True)
-    yield outbox
-    await outbox.close()
-
-
 @dataclass
 class Setup:
     config: Config
@@ -129,19 +114,7 @@ async def prepare(
     chats = {DESTINATION: CHAT_TYPES[settings.type].create(settings, session)}
     dispatcher = Dispatcher(config, store, chats, Redactor(config.secrets()), Metrics())
     lane = dispatcher.lanes[DESTINATION]
-    body = fixture_body(fixture)
-    build = parse_build(body)
-    event = NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-    )
-    await store.accept(event, plan([DESTINATION]))
-    [delivery] = (await store.claim(DESTINATION, time.time(), 10, 60.0)).deliveries
+    delivery = await claimed_delivery(store, fixture_body(fixture), DESTINATION)
     return Setup(config, lane, delivery)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,16 @@ from bridge.outcome import DEFAULT_RETRY_AFTER, Failed, Retry, Sent
 from bridge.redact import Redactor
 from bridge.render import context
 from bridge.server import STORE, create_app
-from bridge.store import Delivery, NewEvent
+from bridge.store import Delivery
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import (
     FAILED,
     FIXTURES,
     PASSED,
     SECRET,
+    claimed_delivery,
     fixture_body,
     make_config,
-    plan,
     signed_headers,
 )
 from tests.fakes.chat_server import Behaviour, FakeChat, Reply
@@ -135,20 +135,6 @@ factories = ["*"]
     )
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    outbox = SqliteStore(tmp_path / "outbox.sqlite3")
-    await outbox.open(serving=True)
-    yield outbox
-    await outbox.close()
-
-
 @dataclass
 class Setup:
     config: Config
@@ -166,19 +152,7 @@ class Setup:
 
 
 async def stored_delivery(store: SqliteStore, body: bytes) -> Delivery:
-    build = parse_build(body)
-    event = NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-    )
-    await store.accept(event, plan([DESTINATION]))
-    [delivery] = (await store.claim(DESTINATION, time.time(), 10, 60.0)).deliveries
-    return delivery
+    return await claimed_delivery(store, body, DESTINATION)
 
 
 async def prepare(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,30 +19,10 @@ from bridge.server import STORE, create_app
 from bridge.store import State
 from tests.conftest import FAILED, FIXTURES, PASSED, SECRET, fixture_body, signed_headers
 from tests.fakes.chat_server import FakeChat, Reply
+from tests.serve import REPO_ROOT, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "config.example.toml"
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-def run_cli(
-    *args: str | Path, environment: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("JOBSERV_WEBHOOK_SECRET", "PYTHONPATH")
-    }
-    env.update(PYTHONPATH=str(REPO_ROOT), **(environment or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=30,
-        check=False,
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -245,6 +223,12 @@ def render_config(folder: Path, audit_url: str, slack_url: str) -> Path:
     return write(folder, "config.toml", text)
 
 
+def render_offline(folder: Path, payload: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    """`render --payload PAYLOAD MORE` with the render config, its chats unreachable."""
+    config = render_config(folder, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
+    return run_cli("render", "--config", config, "--payload", payload, *more)
+
+
 def json_documents(text: str) -> list[Any]:
     """Every JSON document in `text`, one after another."""
     decoder = json.JSONDecoder()
@@ -257,16 +241,7 @@ def json_documents(text: str) -> list[Any]:
 
 
 def test_render_one_destination(tmp_path: Path) -> None:
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
-    result = run_cli(
-        "render",
-        "--config",
-        config,
-        "--payload",
-        FIXTURES / f"{FAILED}.json",
-        "--destination",
-        "audit",
-    )
+    result = render_offline(tmp_path, FIXTURES / f"{FAILED}.json", "--destination", "audit")
     assert result.returncode == 0, result.stderr
     [document] = json_documents(result.stdout)
     assert document["summary"] == "andy-corp / containers-devel #68 FAILED: 1 of 3 runs failed"
@@ -282,16 +257,7 @@ def test_render_one_destination(tmp_path: Path) -> None:
 
 def test_render_a_destination_no_route_names(tmp_path: Path) -> None:
     """--destination renders for that destination even when routing would not send there."""
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
-    result = run_cli(
-        "render",
-        "--config",
-        config,
-        "--payload",
-        FIXTURES / f"{PASSED}.json",
-        "--destination",
-        "ci-alerts",
-    )
+    result = render_offline(tmp_path, FIXTURES / f"{PASSED}.json", "--destination", "ci-alerts")
     assert result.returncode == 0, result.stderr
     [document] = json_documents(result.stdout)
     assert "andy-corp / containers-devel #67 PASSED" in document["text"]
@@ -299,8 +265,7 @@ def test_render_a_destination_no_route_names(tmp_path: Path) -> None:
 
 
 def test_render_every_routed_destination_once(tmp_path: Path) -> None:
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
-    result = run_cli("render", "--config", config, "--payload", FIXTURES / f"{FAILED}.json")
+    result = render_offline(tmp_path, FIXTURES / f"{FAILED}.json")
     assert result.returncode == 0, result.stderr
     generic, slack = json_documents(result.stdout)
     assert generic["source"] == "jobserv-bridge"
@@ -313,32 +278,21 @@ def test_render_every_routed_destination_once(tmp_path: Path) -> None:
 
 
 def test_render_a_build_routed_nowhere_says_so(tmp_path: Path) -> None:
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
-    result = run_cli("render", "--config", config, "--payload", FIXTURES / f"{PASSED}.json")
+    result = render_offline(tmp_path, FIXTURES / f"{PASSED}.json")
     assert result.returncode == 0
     assert result.stdout == ""
     assert "no route sends this build anywhere" in result.stderr
 
 
 def test_render_for_an_unknown_destination(tmp_path: Path) -> None:
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
-    result = run_cli(
-        "render",
-        "--config",
-        config,
-        "--payload",
-        FIXTURES / f"{FAILED}.json",
-        "--destination",
-        "ops",
-    )
+    result = render_offline(tmp_path, FIXTURES / f"{FAILED}.json", "--destination", "ops")
     assert_one_line_error(result, 'no destination named "ops"')
     assert result.stdout == ""
 
 
 def test_render_a_payload_that_is_not_a_build(tmp_path: Path) -> None:
-    config = render_config(tmp_path, "http://127.0.0.1:9/audit", "http://127.0.0.1:9/slack")
     payload = write(tmp_path, "payload.json", '{"build_id": "sixty-eight"}')
-    result = run_cli("render", "--config", config, "--payload", payload)
+    result = render_offline(tmp_path, payload)
     assert_one_line_error(result, str(payload), "not a JobServ build")
 
 

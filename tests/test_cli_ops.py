@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +18,8 @@ from bridge.config import load_config
 from bridge.server import STORE, create_app
 from tests.conftest import FAILED, FIXTURES, PASSED, SECRET
 from tests.fakes.chat_server import FakeChat
-from tests.test_cli import assert_one_line_error, run_cli, write
+from tests.serve import free_port, run_cli
+from tests.test_cli import assert_one_line_error, write
 
 Client = TestClient[Any, Any]
 ClientFactory = Callable[[Any], Awaitable[Client]]
@@ -261,11 +261,7 @@ async def test_send_test_with_a_missing_payload(bridge: Client, tmp_path: Path) 
 
 
 async def test_send_test_to_nothing_listening() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # The port is free again: nothing listens on it.
-    url = f"http://127.0.0.1:{port}/webhook"
+    url = f"http://127.0.0.1:{free_port()}/webhook"
     result = await send_test(url)
     assert result.returncode == 1
     assert result.stdout == ""

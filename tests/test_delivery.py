@@ -23,55 +23,33 @@ from aiohttp.test_utils import TestClient
 from bridge.chats import CHAT_TYPES
 from bridge.config import Config
 from bridge.delivery import Dispatcher
-from bridge.jobserv import parse_build
 from bridge.logs import HumanFormatter
 from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.server import STORE, create_app
-from bridge.store import DeliveryRow, NewEvent, State, Store
+from bridge.store import DeliveryRow, State, Store
 from bridge.store.sqlite import SqliteStore
-from tests.conftest import FAILED, SECRET, fixture_body, make_config, plan, signed_headers
+from tests.conftest import (
+    FAILED,
+    accept_body,
+    fixture_body,
+    make_config,
+    quick_settings,
+    signed_headers,
+)
+from tests.conftest import (
+    generic_destination as generic,
+)
 from tests.fakes.chat_server import Delay, FakeChat, Hang, RecordedRequest, Reply
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
 
-# Small timings keep the suite fast; the lanes poll often and retry soon.
-DELIVERY = """
-[server]
-shutdown_timeout = "0.5s"
-[delivery]
-retry_initial = "0.05s"
-retry_max = "0.2s"
-poll_interval = "0.05s"
-[[sources]]
-name = "jobserv"
-secret = "{secret}"
-factories = ["*"]
-"""
-
-
-def generic(
-    fake: FakeChat,
-    name: str,
-    extra: str = "",
-    timeout: str = "0.5s",
-    limits: str = "rate_limit = 0",
-) -> str:
-    """A generic destination posting to /<name> on the fake, by default without a rate limit."""
-    return f"""
-[[destinations]]
-name = "{name}"
-type = "generic"
-url = "{fake.url("/" + name)}"
-timeout = "{timeout}"
-{limits}
-{extra}
-"""
+DELIVERY = quick_settings()
 
 
 def config_for(folder: Path, *destinations: str) -> Config:
     """A config sending every failed and passed build to all its destinations."""
-    text = DELIVERY.format(secret=SECRET) + "".join(destinations)
+    text = DELIVERY + "".join(destinations)
     names = [line.split('"')[1] for line in text.splitlines() if line.startswith("name = ")]
     names = names[1:]  # the first is the source
     text += f"""
@@ -122,34 +100,6 @@ async def wait_rows(
 
 def store_of(client: TestClient[Any, Any]) -> Store:
     return client.app[STORE]
-
-
-async def accept(store: Store, body: bytes, destinations: list[str]) -> None:
-    build = parse_build(body)
-    event = NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-    )
-    await store.accept(event, plan(destinations))
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    outbox = SqliteStore(tmp_path / "outbox.sqlite3")
-    await outbox.open(serving=True)
-    yield outbox
-    await outbox.close()
 
 
 def make_dispatcher(config: Config, store: Store, session: aiohttp.ClientSession) -> Dispatcher:
@@ -279,7 +229,7 @@ async def send_all(
     """Queue `count` messages for one destination, then time their arrival."""
     config = config_for(folder, generic(fake, "a", limits=limits))
     for build_id in range(1, count + 1):
-        await accept(store, build_body(build_id), ["a"])
+        await accept_body(store, build_body(build_id), ["a"])
     async with dispatching(config, store, session):
         requests = await fake.wait_for(count, path="/a", timeout=10.0)
     assert build_ids(requests) == list(range(1, count + 1))
@@ -417,7 +367,7 @@ async def test_a_pending_delivery_to_a_removed_destination_becomes_dead_at_start
     config = config_for(tmp_path, generic(fake_chat, "a"))
     earlier = SqliteStore(config.store.path)
     await earlier.open(serving=True)
-    await accept(earlier, build_body(1), ["retired", "a"])
+    await accept_body(earlier, build_body(1), ["retired", "a"])
     await earlier.close()
 
     client = await aiohttp_client(create_app(config))
@@ -439,7 +389,7 @@ async def test_stop_finishes_the_send_in_flight_and_leaves_the_rest_pending(
 ) -> None:
     config = config_for(tmp_path, generic(fake_chat, "a"))
     for build_id in (1, 2, 3):
-        await accept(store, build_body(build_id), ["a"])
+        await accept_body(store, build_body(build_id), ["a"])
     fake_chat.script("/a", Delay(0.3, Reply(200, "ok")))
 
     dispatcher = make_dispatcher(config, store, session)
@@ -468,7 +418,7 @@ async def test_a_send_cut_off_by_the_grace_stays_pending_for_the_next_start(
     store = SqliteStore(path)
     await store.open(serving=True)
     for build_id in (1, 2):
-        await accept(store, build_body(build_id), ["a"])
+        await accept_body(store, build_body(build_id), ["a"])
     fake_chat.script("/a", Hang())
 
     dispatcher = make_dispatcher(config, store, session)

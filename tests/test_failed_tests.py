@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,11 +21,17 @@ from aiohttp.test_utils import TestClient
 from bridge.config import Config, ConfigError
 from bridge.server import STORE, create_app, reload
 from bridge.store import DeliveryRow, Store
-from tests.conftest import FAILED, fixture_body, make_config, signed_headers
+from tests.conftest import (
+    FAILED,
+    fixture_body,
+    make_config,
+    quick_settings,
+    signed_headers,
+)
 from tests.fakes.chat_server import FakeChat, Hang, Reply
+from tests.serve import run_cli
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TOKEN = "fio-token-0123456789abcdef"
 PUBLIC_API = "https://api.foundries.io"
@@ -96,18 +99,7 @@ def config_for(
     destinations: tuple[str, ...] = ("slack", "generic"),
 ) -> Config:
     """A config sending every build to `destinations` on `chat`; `jobserv`: the section's keys."""
-    text = """
-[server]
-shutdown_timeout = "0.5s"
-[delivery]
-retry_initial = "0.05s"
-retry_max = "0.2s"
-poll_interval = "0.05s"
-[[sources]]
-name = "jobserv"
-secret = "UseSomethingGoodHere"
-factories = ["*"]
-"""
+    text = quick_settings()
     if jobserv is not None:
         text += f"[jobserv]\n{jobserv}\n"
     for name in destinations:
@@ -507,16 +499,8 @@ async def test_render_previews_the_failed_tests(
     config = config_for(tmp_path, fake_chat, jobserv_keys(api), destinations=("console",))
     payload = tmp_path / "build.json"
     payload.write_bytes(fixture_body(FAILED))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "bridge", "render", "--config", str(config.path)]
     result = await asyncio.to_thread(
-        subprocess.run,
-        [*command, "--payload", str(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
+        run_cli, "render", "--config", config.path, "--payload", payload
     )
     assert result.returncode == 0, result.stderr
     assert "failed test: unit-tests (4 failed: net-a, net-b, net-c, …)" in result.stdout

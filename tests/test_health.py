@@ -13,7 +13,14 @@ from aiohttp.test_utils import TestClient
 
 from bridge.config import Config
 from bridge.server import READY_TIMEOUT, STORE, create_app
-from tests.conftest import FAILED, SECRET, fixture_body, make_config, signed_headers
+from tests.conftest import (
+    FAILED,
+    fixture_body,
+    generic_destination,
+    make_config,
+    quick_settings,
+    signed_headers,
+)
 from tests.fakes.chat_server import FakeChat
 
 Client = TestClient[Any, Any]
@@ -21,29 +28,8 @@ ClientFactory = Callable[[Any], Awaitable[Client]]
 
 
 def config_for(folder: Path, fake: FakeChat) -> Config:
-    return make_config(
-        folder,
-        f"""
-        [server]
-        shutdown_timeout = "0.5s"
-        [delivery]
-        retry_initial = "0.05s"
-        retry_max = "0.2s"
-        poll_interval = "0.05s"
-        [[sources]]
-        name = "jobserv"
-        secret = "{SECRET}"
-        factories = ["*"]
-        [[destinations]]
-        name = "hook"
-        type = "generic"
-        url = "{fake.url("/hook")}"
-        timeout = "0.5s"
-        rate_limit = 0
-        [[routes]]
-        destinations = ["hook"]
-        """,
-    )
+    routes = '[[routes]]\ndestinations = ["hook"]\n'
+    return make_config(folder, quick_settings() + generic_destination(fake, "hook") + routes)
 
 
 async def assert_unready(client: Client, *words: str) -> str:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +21,7 @@ import pytest
 from bridge.store import DeliveryRow, open_store
 from tests.conftest import signed_headers
 from tests.fakes.chat_server import FakeChat, Reply, SlackApiError
-from tests.test_serve_process import REPO_ROOT, BridgeProcess, event_body, free_port
+from tests.serve import BridgeProcess, event_body, free_port
 
 WEBHOOK_SECRET = "whsec-WebhookSecretValue-5f3a"
 SLACK_HOOK_PATH = "/services/T000/B000/SlackHookPathSecret7c1d"
@@ -32,35 +30,6 @@ GENERIC_PATH = "/generic/GenericUrlPathSecret3a8f"
 HEADER_TOKEN = "Bearer HeaderTokenSecret-0d4e"
 ACCEPTED_BUILDS = (1, 2)
 WANTED_FIELDS = ("event_id", "factory", "build")
-
-
-class LoggingBridge(BridgeProcess):
-    """`python -m bridge serve --config F` with more arguments (the log format, level)."""
-
-    def __init__(self, config: Path, port: int, logs: Path, args: list[str]) -> None:
-        super().__init__(config, port, logs)
-        self.args = args
-
-    async def launch(self) -> None:
-        self.runs += 1
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-        with (
-            (self.logs / f"stdout-{self.runs}.txt").open("wb") as out,
-            (self.logs / f"stderr-{self.runs}.txt").open("wb") as err,
-        ):
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "serve",
-                "--config",
-                str(self.config),
-                *self.args,
-                stdout=out,
-                stderr=err,
-                cwd=self.config.parent,
-                env=environment,
-            )
 
 
 def secrets(fake: FakeChat) -> list[str]:
@@ -156,14 +125,14 @@ def script_echoing_chats(fake: FakeChat) -> None:
 @pytest.fixture
 async def run_logs(fake_chat: FakeChat, tmp_path: Path) -> AsyncIterator[Any]:
     """Runs a full bridge life with these serve arguments; returns (stdout, stderr, outbox)."""
-    made: list[LoggingBridge] = []
+    made: list[BridgeProcess] = []
 
     async def run(*args: str) -> tuple[str, str, list[DeliveryRow]]:
         logs = tmp_path / f"logs-{len(made)}"
         logs.mkdir()
         folder = tmp_path / f"run-{len(made)}"
         folder.mkdir()
-        bridge = LoggingBridge(folder / "config.toml", free_port(), logs, list(args))
+        bridge = BridgeProcess(folder / "config.toml", free_port(), logs, args)
         made.append(bridge)
         write_config(bridge.config, bridge.port, fake_chat)
         script_echoing_chats(fake_chat)

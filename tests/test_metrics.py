@@ -19,7 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.config import Config
 from bridge.server import STORE, create_app, reload
 from bridge.store import DeliveryRow, Store
-from tests.conftest import FAILED, SECRET, fixture_body, make_config, signed_headers
+from tests.conftest import (
+    FAILED,
+    FAST_DELIVERY,
+    SECRET,
+    fixture_body,
+    generic_destination,
+    make_config,
+    signed_headers,
+)
 from tests.fakes.chat_server import FakeChat, Reply
 
 Client = TestClient[Any, Any]
@@ -28,14 +36,14 @@ ClientFactory = Callable[[Any], Awaitable[Client]]
 OTHER_SECRET = "AnotherFactorysOwnSecret"
 MAX_BODY = 65536
 
-CONFIG = """
+CONFIG = (
+    """
 [server]
 shutdown_timeout = "0.5s"
 max_body_size = {max_body}
-[delivery]
-retry_initial = "0.05s"
-retry_max = "0.2s"
-poll_interval = "0.05s"
+"""
+    + FAST_DELIVERY
+    + """
 [[sources]]
 name = "jobserv"
 secret = "{secret}"
@@ -49,17 +57,7 @@ factories = ["someone-else"]
 notify = ["failed", "passed"]
 destinations = {names}
 """
-
-
-def generic(fake: FakeChat, name: str) -> str:
-    return f"""
-[[destinations]]
-name = "{name}"
-type = "generic"
-url = "{fake.url("/" + name)}"
-timeout = "0.5s"
-rate_limit = 0
-"""
+)
 
 
 def write_config(folder: Path, fake: FakeChat, names: list[str]) -> Config:
@@ -69,7 +67,7 @@ def write_config(folder: Path, fake: FakeChat, names: list[str]) -> Config:
             max_body=MAX_BODY,
             secret=SECRET,
             other_secret=OTHER_SECRET,
-            destinations="".join(generic(fake, name) for name in names),
+            destinations="".join(generic_destination(fake, name) for name in names),
             names=json.dumps(names),
         ),
     )

@@ -23,7 +23,16 @@ from aiohttp.test_utils import TestClient
 from bridge.config import Config
 from bridge.server import STORE, create_app
 from bridge.store import State, Store
-from tests.conftest import FAILED, SECRET, fixture_body, make_config, signed_headers
+from tests.conftest import (
+    FAILED,
+    FAST_DELIVERY,
+    SECRET,
+    fixture_body,
+    generic_destination,
+    jobserv_source,
+    make_config,
+    signed_headers,
+)
 from tests.fakes.chat_server import FakeChat
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
@@ -41,28 +50,7 @@ POLICY_ROUTES: dict[str, list[str]] = {
 
 
 def settings(secret: str = SECRET) -> str:
-    return f"""
-[delivery]
-retry_initial = "0.05s"
-retry_max = "0.2s"
-poll_interval = "0.05s"
-
-[[sources]]
-name = "jobserv"
-secret = "{secret}"
-factories = ["*"]
-"""
-
-
-def generic_destination(fake: FakeChat, name: str) -> str:
-    return f"""
-[[destinations]]
-name = "{name}"
-type = "generic"
-url = "{fake.url("/" + name)}"
-timeout = "0.5s"
-rate_limit = 0
-"""
+    return FAST_DELIVERY + jobserv_source(secret)
 
 
 def policy_config(folder: Path, fake: FakeChat) -> Config:

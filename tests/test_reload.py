@@ -25,8 +25,7 @@ from bridge.server import DISPATCHER, STORE, create_app, reload
 from bridge.store import DeliveryRow, open_store
 from tests.conftest import SECRET, signed_headers
 from tests.fakes.chat_server import Delay, FakeChat, Reply
-from tests.test_cli import run_cli
-from tests.test_serve_process import BridgeProcess, event_body, free_port
+from tests.serve import BridgeProcess, event_body, free_port, run_cli
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
 

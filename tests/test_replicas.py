@@ -9,12 +9,8 @@ time; the generic template writes `build_id` into every message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import socket
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -28,11 +24,11 @@ import pytest
 from bridge.config import ConfigError, parse_config
 from bridge.store import NewEvent, open_store
 from bridge.store.postgres import LANE_LOCK_CLASS, PostgresStore
-from tests.conftest import FAILED, SECRET, fixture_body, plan, signed_headers
+from tests.conftest import SECRET, plan, signed_headers
 from tests.fakes.chat_server import FakeChat, RecordedRequest
 from tests.postgres import fresh_database
+from tests.serve import event_body, free_port, run_cli, spawn_serve, wait_healthy
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 300
 RATE_LIMIT = 20.0  # messages a second, per destination, with a burst of 1
 DESTINATIONS = ("alerts", "audit")
@@ -42,24 +38,6 @@ DESTINATIONS = ("alerts", "audit")
 async def postgres_url() -> AsyncIterator[str]:
     async with fresh_database() as url:
         yield url
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def event_body(number: int) -> bytes:
-    """The failed fixture as a distinct event: its own build, url and completion time."""
-    build = json.loads(fixture_body(FAILED))
-    build["build_id"] = number
-    build["url"] = f"https://api.foundries.io/projects/andy-corp/lmp/builds/{number}/"
-    build["web_url"] = f"https://ci.foundries.io/projects/andy-corp/lmp/builds/{number}"
-    minutes, seconds = divmod(number, 60)
-    build["completed"] = f"2026-01-01T10:{minutes:02d}:{seconds:02d}+00:00"
-    return json.dumps(build).encode()
 
 
 def replica_config(folder: Path, port: int, chat: FakeChat) -> Path:
@@ -132,38 +110,17 @@ class Replica:
         return (self.folder / "stderr.txt").read_text(errors="replace")
 
     async def start(self) -> None:
-        environment = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "BRIDGE_STORE_URL": self.store_url,
-        }
         with (self.folder / "stderr.txt").open("wb") as stderr:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "serve",
-                "--config",
-                str(self.config),
+            self.process = await spawn_serve(
+                self.config,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
-                env=environment,
-                cwd=self.folder,
+                environment={"BRIDGE_STORE_URL": self.store_url},
             )
 
     async def wait_serving(self, session: aiohttp.ClientSession, deadline: float) -> None:
-        while True:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                raise AssertionError(f"replica exited {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(self.url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"replica not serving in time:\n{self.log()}")
-            await asyncio.sleep(0.05)
+        assert self.process is not None
+        await wait_healthy(self.process, session, self.url, deadline, self.log)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -349,24 +306,19 @@ async def test_the_outbox_command_reads_the_shared_store(
     finally:
         await store.close()
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    result = await asyncio.to_thread(
+        run_cli,
         "outbox",
         "--config",
-        str(replica.config),
+        replica.config,
         "list",
         "--pending",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "BRIDGE_STORE_URL": postgres_url},
+        environment={"BRIDGE_STORE_URL": postgres_url},
     )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    assert "alerts" in out.decode()
-    assert "#7" in out.decode()
-    assert "1 pending" in err.decode()
+    assert result.returncode == 0, result.stderr
+    assert "alerts" in result.stdout
+    assert "#7" in result.stdout
+    assert "1 pending" in result.stderr
 
 
 def _new_event(number: int) -> NewEvent:
@@ -448,19 +400,8 @@ async def test_serve_without_its_postgresql_exits_with_the_reason_and_no_passwor
         more="[admin]\nenabled = false\n[server]\nport = 0\n",
     )
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "serve",
-        "--config",
-        path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
+    result = await asyncio.to_thread(run_cli, "serve", "--config", path)
 
-    assert process.returncode == 1
-    assert f"cannot open the PostgreSQL store postgresql://bridge@127.0.0.1:{port}" in err.decode()
-    assert "pa55-word" not in (out + err).decode()
+    assert result.returncode == 1
+    assert f"cannot open the PostgreSQL store postgresql://bridge@127.0.0.1:{port}" in result.stderr
+    assert "pa55-word" not in result.stdout + result.stderr

@@ -8,12 +8,8 @@ time, which the generic template writes into every message as `build_id`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import signal
 import socket
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -24,29 +20,9 @@ import aiohttp
 import pytest
 
 from bridge.store import State, open_store
-from tests.conftest import FAILED, SECRET, fixture_body, signed_headers
+from tests.conftest import FAILED, SECRET, fixture_body
 from tests.fakes.chat_server import Delay, FakeChat, Hang, Reply
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-START_DEADLINE = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def event_body(number: int) -> bytes:
-    """The failed fixture as a distinct event: its own build, url and completion time."""
-    build = json.loads(fixture_body(FAILED))
-    build["build_id"] = number
-    build["url"] = f"https://api.foundries.io/projects/andy-corp/lmp/builds/{number}/"
-    build["web_url"] = f"https://ci.foundries.io/projects/andy-corp/lmp/builds/{number}"
-    minutes, seconds = divmod(number, 60)
-    build["completed"] = f"2026-01-01T10:{minutes:02d}:{seconds:02d}+00:00"
-    return json.dumps(build).encode()
+from tests.serve import START_DEADLINE, BridgeProcess, event_body, free_port
 
 
 def generic_destination(name: str, url: str, timeout: str = "5s") -> str:
@@ -94,97 +70,6 @@ def write_config(
     path = folder / "config.toml"
     path.write_text(textwrap.dedent(text))
     return path
-
-
-class BridgeProcess:
-    """One `python -m bridge serve --config F`, startable again after it stops."""
-
-    def __init__(self, config: Path, port: int, logs: Path) -> None:
-        self.config = config
-        self.port = port
-        self.logs = logs
-        self.runs = 0
-        self.process: asyncio.subprocess.Process | None = None
-        # A fresh connection per request: a killed bridge leaves no stale one behind.
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stdout(self) -> str:
-        return (self.logs / f"stdout-{self.runs}.txt").read_text()
-
-    def stderr(self) -> str:
-        return (self.logs / f"stderr-{self.runs}.txt").read_text()
-
-    async def launch(self) -> None:
-        self.runs += 1
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-        with (
-            (self.logs / f"stdout-{self.runs}.txt").open("wb") as out,
-            (self.logs / f"stderr-{self.runs}.txt").open("wb") as err,
-        ):
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "serve",
-                "--config",
-                str(self.config),
-                stdout=out,
-                stderr=err,
-                cwd=self.config.parent,
-                env=environment,
-            )
-
-    async def start(self) -> None:
-        """Launch and wait until /healthz answers 200."""
-        await self.launch()
-        assert self.process is not None
-        deadline = time.monotonic() + START_DEADLINE
-        while time.monotonic() < deadline:
-            if self.process.returncode is not None:
-                pytest.fail(f"bridge exited {self.process.returncode}:\n{self.stderr()}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with self.session.get(f"{self.base_url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-        pytest.fail(f"bridge not healthy within {START_DEADLINE}s:\n{self.stderr()}")
-
-    async def post(self, body: bytes) -> int:
-        async with self.session.post(
-            f"{self.base_url}/webhook", data=body, headers=signed_headers(body)
-        ) as response:
-            return response.status
-
-    async def accept(self, *numbers: int) -> None:
-        for number in numbers:
-            assert await self.post(event_body(number)) == 202
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    async def wait_exit(self, timeout: float) -> int:  # noqa: ASYNC109 (a deadline, in seconds)
-        assert self.process is not None
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            pytest.fail(f"bridge still running {timeout}s later:\n{self.stderr()}")
-
-    async def kill(self) -> None:
-        """kill -9: no cleanup of any kind in the bridge."""
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-
-    async def close(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-        await self.session.close()
 
 
 @pytest.fixture
