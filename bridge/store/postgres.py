@@ -144,18 +144,15 @@ _RERUN = """SELECT status FROM builds WHERE factory = $1 AND trigger = $2 AND bu
     AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)"""
 _PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
     AND build_id < $3 ORDER BY build_id DESC LIMIT 1"""
-_STREAK = """
-WITH ended AS (
-    SELECT coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
-        AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
-        -9223372036854775808) AS build_id
-)
+_ENDED = """coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
+    -9223372036854775808)"""
+_STREAK = f"""
 SELECT
-    (SELECT min(b.build_id) FROM builds b, ended WHERE b.factory = $1 AND b.trigger = $2
-        AND b.build_id > ended.build_id AND b.build_id < $3) AS since,
-    (SELECT count(*) FROM (SELECT 1 FROM builds b, ended WHERE b.factory = $1
-        AND b.trigger = $2 AND b.build_id > ended.build_id AND b.build_id < $3
-        LIMIT $4) AS streak) AS count
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id > {_ENDED} AND build_id < $3 ORDER BY build_id LIMIT 1) AS since,
+    (SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id > {_ENDED} AND build_id < $3 LIMIT $4) AS streak) AS count
 """
 
 _RECORD = """

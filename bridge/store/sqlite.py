@@ -530,8 +530,8 @@ def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> t
     ).fetchone()
     span = (*trigger, ended[0] if ended else -(2**63), build_id)
     since, count = c.execute(
-        "SELECT (SELECT min(build_id) FROM builds"
-        "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4),"
+        "SELECT (SELECT build_id FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id > ?3 AND build_id < ?4 ORDER BY build_id LIMIT 1),"
         " (SELECT count(*) FROM (SELECT 1 FROM builds"
         "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4 LIMIT ?5))",
         (*span, STREAK_LIMIT),
