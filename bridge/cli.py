@@ -15,14 +15,13 @@ import urllib.request
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from bridge import __version__
 from bridge.chats import CHAT_TYPES
-from bridge.config import Config, ConfigError, load_config
+from bridge.config import Config, ConfigError, http_url, load_config
 from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
@@ -196,12 +195,7 @@ def _routes(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check_url(url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a port that is not a number)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if http_url(url) is None:
         raise CommandError(f"--url {url!r}: expected http(s)://HOST[:PORT]/webhook")
 
 

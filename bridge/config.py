@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -28,6 +28,16 @@ from bridge.render import Template, TemplateError, default_template, load_templa
 
 _M = TypeVar("_M", bound=BaseModel)
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def http_url(url: str) -> SplitResult | None:
+    """The parts of an http(s) URL with a host and a numeric port, else None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
 
 
 class ConfigError(Exception):
@@ -134,12 +144,8 @@ class JobservConfig(_Section):
     @field_validator("api_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 (raises on a port that is not a number)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = http_url(url)
+        if parts is None:
             raise ValueError("expected an http(s)://HOST[:PORT]/ URL")
         if parts.query or parts.fragment:
             raise ValueError("expected a URL without a query or fragment")
