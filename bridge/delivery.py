@@ -23,7 +23,7 @@ from bridge.config import Config, DeliveryConfig, JobservConfig
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.metrics import Metrics
-from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception
+from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_reason
 from bridge.redact import Redactor
 from bridge.render import Template, TemplateError, build_context, context
 from bridge.store import Delivery, Store
@@ -291,7 +291,7 @@ class Lane:
             self._accept_to_sent.observe(now - delivery.created_at)
             log.info("%s: sent (attempt %d)", where, attempt, extra={**fields, "outcome": "sent"})
             return False
-        reason = self.redact(outcome.reason)
+        reason = short_reason(self.redact(outcome.reason))
         code = outcome.code
         if isinstance(outcome, Retry):
             age = now - delivery.created_at

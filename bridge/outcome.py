@@ -63,9 +63,23 @@ def bounded_seconds(seconds: float | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
+# A reason is kept (outbox, logs, status page) cut to this many characters: after it is
+# redacted, so that no cut leaves part of a secret behind (delivery.Lane.record).
+REASON_LIMIT = 200
+# What is read of a chat's error answer at most, on one line, before redaction; a secret
+# cut here is still redacted by its first characters (see bridge.redact).
+MAX_ANSWER_TEXT = 64 * 1024
+
+
+def short_reason(text: str, limit: int = REASON_LIMIT) -> str:
+    """A reason as kept: at most `limit` characters. Cut only text already redacted."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short(text: str) -> str:
+    """A chat's answer on one line, bounded; its cut to REASON_LIMIT comes after redaction."""
+    one_line = " ".join(text[:MAX_ANSWER_TEXT].split())
+    return one_line + "…" if len(text) > MAX_ANSWER_TEXT else one_line
 
 
 def from_http(

@@ -12,6 +12,7 @@ from yarl import URL
 
 from bridge.outcome import (
     DEFAULT_RETRY_AFTER,
+    MAX_ANSWER_TEXT,
     MAX_RETRY_AFTER,
     Failed,
     Retry,
@@ -71,12 +72,17 @@ def test_other_4xx_fail_for_good_with_the_answer_in_the_reason(status: int, body
     assert body in outcome.reason
 
 
-def test_a_long_error_body_is_shortened_to_one_line() -> None:
+def test_a_long_error_body_is_put_on_one_line_and_bounded() -> None:
+    """Bounded, not yet cut to REASON_LIMIT: the lane cuts it after redacting it."""
     body = "<html>\n<body>\n" + "x" * 5000 + "\n</body></html>"
     outcome = from_http(404, {}, body)
     assert isinstance(outcome, Failed)
     assert "\n" not in outcome.reason
-    assert len(outcome.reason) < 300
+    assert outcome.reason.endswith("</body></html>")
+    huge = from_http(500, {}, "y" * (10 * MAX_ANSWER_TEXT))
+    assert isinstance(huge, Retry)
+    assert len(huge.reason) < MAX_ANSWER_TEXT + 100
+    assert huge.reason.endswith("…")
 
 
 # --- 429 and Retry-After ---------------------------------------------------------------------

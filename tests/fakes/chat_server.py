@@ -18,7 +18,7 @@ behaviours, consumed in order; when a path's queue is empty, the path's
 default (``default(path, b)``) or else the global default (``default(None, b)``,
 initially ``Reply(200, "ok")``) answers.
 
-Behaviours: Reply, Hang, Reset, Delay, SlackApiOk, SlackApiError.
+Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -39,6 +39,7 @@ from multidict import CIMultiDict
 __all__ = [
     "Behaviour",
     "Delay",
+    "Echo",
     "FakeChat",
     "Hang",
     "RecordedRequest",
@@ -58,6 +59,15 @@ class Reply:
     body: str = "ok"
     headers: Mapping[str, str] = field(default_factory=dict)
     json: Any = None
+
+
+@dataclass(frozen=True)
+class Echo:
+    """Answer ``status`` with a text made from the request: a careless server that
+    writes back what it was sent (its URL, its Authorization header), in some form."""
+
+    status: int
+    text: Callable[[RecordedRequest], str]
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ class SlackApiError:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-Behaviour = Reply | Hang | Reset | Delay | SlackApiOk | SlackApiError
+Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError
 
 
 def slack_api_ok(channel: str = "C123") -> SlackApiOk:
@@ -270,7 +280,7 @@ class FakeChat:
             self.requests.append(recorded)
             self._arrived.notify_all()
         try:
-            return await self._respond(self._next_behaviour(request.path))
+            return await self._respond(self._next_behaviour(request.path), recorded)
         except _Dropped:
             if request.transport is not None:
                 request.transport.abort()
@@ -278,8 +288,10 @@ class FakeChat:
             # treats that as a client disconnect and sends nothing.
             return web.Response(status=599)
 
-    async def _respond(self, behaviour: Behaviour) -> web.Response:
+    async def _respond(self, behaviour: Behaviour, request: RecordedRequest) -> web.Response:
         match behaviour:
+            case Echo(status=status, text=make_text):
+                return _response(status, make_text(request), {}, _TEXT)
             case Reply(status=status, body=text, headers=headers, json=payload):
                 if payload is not None:
                     return _response(status, json.dumps(payload), headers, _JSON)
@@ -292,7 +304,7 @@ class FakeChat:
                 return _response(status, json.dumps(payload), headers, _JSON)
             case Delay(seconds=seconds, then=then):
                 if await self._sleep_unless_stopped(seconds):
-                    return await self._respond(then)
+                    return await self._respond(then, request)
                 raise _Dropped
             case Hang():
                 await self._stopping.wait()
