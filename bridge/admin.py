@@ -93,7 +93,8 @@ class Admin:
         self.config = config
         self.store = store
         self.dispatcher = dispatcher
-        self.redact = Redactor(config.secrets())
+        # The lanes' redactor: the one a reload adds the new config's secrets to.
+        self.redact = dispatcher.redact
         token = config.admin.token
         self.token = token.get_secret_value() if token is not None else None
         if self.token is None and not is_loopback(config.admin.host):

@@ -27,7 +27,7 @@ from yarl import URL
 
 from bridge.admin import SESSION_COOKIE, create_admin_app
 from bridge.config import ConfigError, is_loopback
-from bridge.server import ADMIN, DISPATCHER, STORE, create_app
+from bridge.server import ADMIN, DISPATCHER, LIVE, STORE, create_app, reload
 from bridge.store import DeliveryRow, Store
 from tests.conftest import FAILED, PASSED, SECRET, fixture_body, make_config, signed_headers
 from tests.fakes.chat_server import FakeChat, Reply
@@ -481,6 +481,36 @@ async def test_secrets_and_webhook_urls_never_reach_the_page_or_the_api(
     assert "leak-&lt;redacted&gt;-&lt;redacted&gt;" in outputs[0]
     assert "no hook at &lt;redacted&gt;" in outputs[0]
     assert '"trigger": "leak-<redacted>-<redacted>"' in outputs[1]
+
+
+async def test_secrets_a_reload_brings_are_kept_off_the_page_too(
+    start: Start, fake_chat: FakeChat
+) -> None:
+    """The page redacts with the live redactor, which a SIGHUP reload adds secrets to."""
+    bridge = await start()
+    added_url = fake_chat.url("/hooks/AddedAfterReload-9f8e7d6c")
+    config = bridge.webhook.app[LIVE].config.path
+    config.write_text(
+        config.read_text()
+        + f"""
+        [[destinations]]
+        name = "added"
+        type = "generic"
+        url = "{added_url}"
+        """
+    )
+    assert await reload(bridge.webhook.app)
+    assert "added" in bridge.webhook.app[LIVE].config.destinations
+    body = json.loads(fixture_body(FAILED))
+    body["trigger_name"] = f"posting-to-{added_url}"
+    await bridge.post_event(json.dumps(body).encode())
+
+    page = await bridge.page()
+    events = json.dumps(await bridge.api("/api/events"))
+    for output in (page, events):
+        assert "AddedAfterReload" not in output
+    assert "posting-to-&lt;redacted&gt;" in page
+    assert "posting-to-<redacted>" in events
 
 
 # -- actions: retry, CSRF ---------------------------------------------------------------
