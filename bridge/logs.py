@@ -1,7 +1,12 @@
-"""Log lines, human or JSON, with every secret redacted, whoever logs them."""
+"""Log lines, human or JSON, with every secret redacted, whoever logs them.
+
+One record is one line: control characters in a message are escaped, so a build
+field holding a line break or a terminal escape cannot forge or hide a line.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -25,6 +30,27 @@ FIELDS = (
 )
 
 
+# A message longer than this is cut (after redaction): a log line is read, not stored.
+MAX_MESSAGE = 8000
+# A build's field (factory, trigger, status) is logged cut to this many characters.
+FIELD_LIMIT = 200
+# Line breaks and controls of C0 and C1 (ESC starts terminal escapes), DEL, and the
+# Unicode line and paragraph separators, which some readers take for line breaks.
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+_ESCAPED_CONTROLS = str.maketrans({code: repr(chr(code))[1:-1] for code in _CONTROLS})
+# JSON escapes C0 controls itself; json.dumps(ensure_ascii=False) leaves these as they are.
+_JSON_ESCAPED = str.maketrans({code: f"\\u{code:04x}" for code in _CONTROLS if code >= 0x7F})
+
+
+def one_line(text: str) -> str:
+    """The text with its control characters escaped (a newline becomes `\\n`)."""
+    return text.translate(_ESCAPED_CONTROLS)
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class HumanFormatter(logging.Formatter):
     def __init__(self, redact: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -32,6 +58,13 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Redact before escaping and cutting, which could split a secret; a copy, since
+        # other handlers (pytest's) format the same record.
+        record = copy.copy(record)
+        record.message = one_line(bounded(self.redact(record.message)))
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,8 +83,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         # Redact before encoding too: JSON escapes would hide a secret with quotes in it.
-        line = {k: self.redact(v) if isinstance(v, str) else v for k, v in line.items()}
-        return self.redact(json.dumps(line, default=str, ensure_ascii=False))
+        line = {k: self._value(k, v) for k, v in line.items()}
+        text = self.redact(json.dumps(line, default=str, ensure_ascii=False))
+        return text.translate(_JSON_ESCAPED)
+
+    def _value(self, key: str, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = self.redact(value)
+        return value if key == "exception" else bounded(value)
 
 
 def configure(level: str, style: Literal["human", "json"], redact: Redactor) -> None:

@@ -27,6 +27,7 @@ from bridge.jobserv import (
     signature_digest,
     signed_by,
 )
+from bridge.logs import FIELD_LIMIT, bounded
 from bridge.metrics import Metrics
 from bridge.policy import Transition
 from bridge.redact import Redactor
@@ -132,28 +133,33 @@ async def _intake(request: web.Request) -> web.Response:
     try:
         accepted = await request.app[STORE].accept(event, plan)
     except StoreUnavailable as exc:
-        log.error("could not store build %s of %s: %s", build.build_id, build.factory, exc)
+        factory = bounded(build.factory, FIELD_LIMIT)
+        log.error("could not store build %s of %s: %s", build.build_id, factory, exc)
         return _error(503, "the event could not be stored; try again")
 
     answer = {"event_id": accepted.event_id, "deliveries": accepted.deliveries}
-    what = f"event {accepted.event_id}: {build.factory} {event.trigger} #{build.build_id}"
+    # What a build says is logged bounded: a sender may make it any length.
+    factory, trigger, status = (
+        bounded(v, FIELD_LIMIT) for v in (build.factory, event.trigger, build.status)
+    )
+    what = f"event {accepted.event_id}: {factory} {trigger} #{build.build_id}"
     fields = {
         "event_id": accepted.event_id,
-        "factory": build.factory,
-        "trigger": event.trigger,
+        "factory": factory,
+        "trigger": trigger,
         "build": build.build_id,
-        "status": build.status,
+        "status": status,
         "source": source.name,
     }
     if accepted.duplicate:
-        log.info("%s %s: a repeat, nothing new stored", what, build.status, extra=fields)
+        log.info("%s %s: a repeat, nothing new stored", what, status, extra=fields)
         return web.json_response({**answer, "duplicate": True}, status=200)
     destinations = list(accepted.destinations)
-    summary = accepted.transition.summary if accepted.transition else build.status
+    summary = accepted.transition.summary if accepted.transition else status
     log.info(
         "%s %s (%s): accepted from source %s for %s",
         what,
-        build.status,
+        status,
         summary,
         source.name,
         ", ".join(destinations) or "no destination",
