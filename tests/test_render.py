@@ -230,6 +230,15 @@ def test_slack_escapes_run_names_reason_and_trigger() -> None:
         assert raw not in everything
 
 
+def test_slack_escapes_a_build_status_of_any_text() -> None:
+    data = fixture_data(FAILED)
+    data["status"] = "<!channel> @here"
+    message = render_dict(SLACK, build_from(data))
+    everything = "\n".join([*mrkdwn_texts(message), message["text"]])
+    assert "<!channel>" not in everything
+    assert "&lt;!channel&gt; @\u2060here" in everything
+
+
 def test_a_pipe_in_a_run_name_does_not_break_its_link() -> None:
     build = failed_build(runs=[failed_run("a|b")])
     [section] = run_sections(render_dict(SLACK, build))
