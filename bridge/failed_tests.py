@@ -18,10 +18,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
+from yarl import URL
 
 from bridge.config import JobservConfig
 from bridge.jobserv import Build, Run
@@ -117,10 +118,11 @@ class RunTests:
 UNAVAILABLE = RunTests(unavailable=True)
 
 
-def api_url_of(url: str, api_url: str) -> str:
+def api_url_of(url: str, api_url: str) -> URL:
     """`url` with its origin replaced by `api_url`'s (and `api_url`'s path as a prefix).
 
-    The token is only ever sent to the configured API, whatever a build names.
+    The token is only ever sent to the configured API, whatever a build names: a path
+    whose dot segments (`..`, `%2e%2e`) would lead out of `api_url`'s path is refused.
     """
     try:
         parts = urlsplit(url)
@@ -129,8 +131,41 @@ def api_url_of(url: str, api_url: str) -> str:
         raise Unavailable(f"not a URL: {url!r}") from None
     if not parts.path.startswith("/"):
         raise Unavailable(f"not an API URL: {url!r}")
-    path = base.path.rstrip("/") + parts.path
-    return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+    prefix = base.path.rstrip("/")
+    path = _without_dot_segments(prefix + parts.path)
+    if path is None or not path.startswith(prefix + "/"):
+        raise Unavailable(f"not under the API's path: {url!r}")
+    target = urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+    # Encoded: taken as it is, so that nothing between here and the wire reads it again.
+    return URL(target, encoded=True)
+
+
+def _without_dot_segments(path: str) -> str | None:
+    """`path` with its `.` and `..` segments (percent-encoded ones too) resolved; None
+    when a segment hides a separator (`%2f`, `\\`) a server could split it at, or when
+    `..` climbs above the root."""
+    kept: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        decoded = _fully_unquoted(segment)
+        if "/" in decoded or "\\" in decoded:
+            return None
+        if decoded == "..":
+            if len(kept) <= 1:  # kept[0] is the empty segment before the leading "/"
+                return None
+            kept.pop()
+        elif decoded != "." or index == 0:
+            kept.append(segment)
+        if decoded in (".", "..") and index == len(segments) - 1:
+            kept.append("")  # "/a/b/.." is the folder "/a/"
+    return "/".join(kept)
+
+
+def _fully_unquoted(text: str) -> str:
+    """Percent-decoded until nothing changes: `%252e` is a dot to a server that decodes twice."""
+    while (decoded := unquote(text)) != text:
+        text = decoded
+    return text
 
 
 @dataclass
@@ -144,7 +179,7 @@ class FailedTestsFetcher:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self.cache: OrderedDict[str, _Cached] = OrderedDict()
+        self.cache: OrderedDict[URL, _Cached] = OrderedDict()
         self.requests = asyncio.Semaphore(CONCURRENT_REQUESTS)
 
     async def for_build(
@@ -213,7 +248,7 @@ class FailedTestsFetcher:
         self,
         url: str,
         api: JobservConfig,
-        read: Callable[[str, JobservConfig], Coroutine[Any, Any, _T]],
+        read: Callable[[URL, JobservConfig], Coroutine[Any, Any, _T]],
     ) -> _T:
         """The answer for `url`, from the cache, a fetch in flight, or a new fetch."""
         target = api_url_of(url, api.api_url)
@@ -231,23 +266,23 @@ class FailedTestsFetcher:
         result: _T = await asyncio.shield(entry.task)
         return result
 
-    def _forget_failure(self, url: str, task: asyncio.Task[Any]) -> None:
+    def _forget_failure(self, url: URL, task: asyncio.Task[Any]) -> None:
         """Only answers are cached: a retry asks again after a failure."""
         if task.cancelled() or task.exception() is not None:
             entry = self.cache.get(url)
             if entry is not None and entry.task is task:
                 del self.cache[url]
 
-    async def _test_list(self, url: str, api: JobservConfig) -> list[_ListedTest]:
+    async def _test_list(self, url: URL, api: JobservConfig) -> list[_ListedTest]:
         answer = await self._get(url, api, _TestListAnswer)
         return answer.data.tests
 
-    async def _failed_results(self, url: str, api: JobservConfig) -> FailedResults:
+    async def _failed_results(self, url: URL, api: JobservConfig) -> FailedResults:
         answer = await self._get(url, api, _TestAnswer)
         failed = [result.name for result in answer.data.test.results if result.status == "FAILED"]
         return FailedResults(len(failed), failed[:RESULT_NAMES])
 
-    async def _get(self, url: str, api: JobservConfig, shape: type[_M]) -> _M:
+    async def _get(self, url: URL, api: JobservConfig, shape: type[_M]) -> _M:
         headers = {TOKEN_HEADER: api.api_token.get_secret_value(), "Accept": "application/json"}
         try:
             async with (

@@ -1,7 +1,9 @@
 """Escaping for the markup chats read: Markdown (Discord, Mattermost, Rocket.Chat) and HTML.
 
 Templates use these on whatever a build carries (run names, triggers, reasons), so
-that a `*` or a `<` in a name shows as itself instead of formatting the message.
+that a `*` or a `<` in a name shows as itself instead of formatting the message, and
+an `@here` or a `<!channel>` in it mentions no one. `clean` takes out of build data
+what no chat should show: terminal escapes, control and bidi characters.
 """
 
 from __future__ import annotations
@@ -13,10 +15,27 @@ from typing import Any
 # between letters or digits (build_amd64) formats nothing, so it is kept as is.
 # `\@all` mentions no one in Rocket.Chat (a mention starts after a space or a line start).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*~|\[\]()<>@]|(?<![^\W_])_|_(?![^\W_]))")
-# An @ that could begin a mention (@channel, @alice.b).
-_MENTION_START = re.compile(r"@(?=[\w.-])")
-# In a Markdown link's destination these would end it or break it.
-_URL_IN_MARKDOWN = str.maketrans({"(": "%28", ")": "%29", " ": "%20", "<": "%3C", ">": "%3E"})
+# An @ that could begin a mention (@channel, @alice.b), or a < that could begin one in
+# angle brackets: Slack's <!here> and <@U123>, Discord's <@123>, Google Chat's
+# <users/all>, Teams' <at>.
+_MENTION_START = re.compile(r"([@<])(?=[\w.!#&@/-])")
+# In a Markdown link's destination these would end it or break it; an @ in it could be
+# read as a mention (Mattermost finds `/@channel` in a URL).
+_URL_IN_MARKDOWN = str.maketrans(
+    {"(": "%28", ")": "%29", " ": "%20", "<": "%3C", ">": "%3E", "@": "%40"}
+)
+# Terminal escape sequences: CSI (colours, cursor moves, 7-bit and 8-bit), OSC (titles,
+# OSC-8 links; ended by BEL or ST, or at the line's end) and the other two-character ones.
+_TERMINAL_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+)
+# C0 and C1 controls, DEL, and the bidi embeddings, overrides and isolates (which can
+# make text read in another order than it is written: U+202A-E, U+2066-9).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Line breaks, which a multi-line field keeps as newlines.
+_LINE_BREAK = re.compile(r"\r\n?|[\n\x0b\x0c\x85\u2028\u2029]")
 
 
 def markdown(text: Any) -> str:
@@ -25,12 +44,19 @@ def markdown(text: Any) -> str:
 
 
 def unmention(text: Any) -> str:
-    """Put a word joiner (U+2060, invisible) after each @ that could begin a mention.
+    """Put a word joiner (U+2060, invisible) after each @ or < that could begin a mention.
 
     Mattermost finds mentions in a post's words whatever their escaping (`\\@channel`
-    still notifies the channel), so build data must not hold `@name` at all.
+    still notifies the channel), so build data must not hold `@name` at all; the same
+    goes for `<users/all>` in Google Chat's plain texts, `<!here>` in Slack's.
     """
-    return _MENTION_START.sub("@\u2060", str(text))
+    return _MENTION_START.sub("\\1\u2060", str(text))
+
+
+def safe_url(url: Any) -> str:
+    """`url` with its @ percent-encoded, so that a chat reading mentions in a message's
+    words (`https://ci.example/@channel`) finds none in it."""
+    return str(url).replace("@", "%40")
 
 
 def markdown_link(url: Any, text: Any) -> str:
@@ -47,3 +73,29 @@ def html_link(url: Any, text: Any) -> str:
     """`<a href="url">text</a>`, both escaped."""
     href = html(url).replace('"', "%22")
     return f'<a href="{href}">{html(text)}</a>'
+
+
+def clean(text: str, multiline: bool = False) -> str:
+    """`text` without terminal escapes, control characters (C0, C1, DEL) or bidi controls.
+
+    A multi-line text keeps its line breaks, as newlines; any other text gets a space
+    for each, so that a run name cannot start a new line (a quote, a list) in a chat.
+    """
+    text = _TERMINAL_ESCAPE.sub("", text)
+    text = _LINE_BREAK.sub("\n" if multiline else " ", text)
+    text = text.replace("\t", " ")
+    if multiline:
+        return "\n".join(_CONTROL.sub("", line) for line in text.split("\n"))
+    return _CONTROL.sub("", text)
+
+
+def clean_data(value: Any, multiline: frozenset[str] = frozenset(), key: str = "") -> Any:
+    """`value` (JSON-like data) with every string `clean`ed; the strings under a key in
+    `multiline` keep their line breaks."""
+    if isinstance(value, str):
+        return clean(value, key in multiline)
+    if isinstance(value, dict):
+        return {clean(str(k)): clean_data(v, multiline, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_data(item, multiline, key) for item in value]
+    return value

@@ -20,13 +20,24 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.chats.base import Body, Fits
 from bridge.jobserv import Build
-from bridge.markup import html, html_link, markdown, markdown_link, unmention
+from bridge.markup import (
+    clean,
+    clean_data,
+    html,
+    html_link,
+    markdown,
+    markdown_link,
+    safe_url,
+    unmention,
+)
 from bridge.policy import History, Transition, transition
 
 if TYPE_CHECKING:
     from bridge.failed_tests import RunTests
 
 REASON_LIMIT = 150
+# The build data whose line breaks are kept (the rest is one line each).
+MULTILINE_FIELDS = frozenset({"reason", "reason_full"})
 
 
 class TemplateError(ValueError):
@@ -45,13 +56,15 @@ def _to_json(value: Any) -> str:
 
 
 def mrkdwn(text: Any) -> str:
-    """Escape the characters Slack's mrkdwn treats as control characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Escape the characters Slack's mrkdwn treats as control characters, and keep an
+    `@here` from being read as a mention."""
+    escaped = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return unmention(escaped)
 
 
 def slack_link(url: Any, text: Any) -> str:
     """A Slack link; `<`, `>` and `|` would end it early, so they are escaped in both parts."""
-    href = str(url).replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+    href = safe_url(url).replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
     return f"<{href}|{mrkdwn(text).replace('|', '¦')}>"
 
 
@@ -111,6 +124,7 @@ def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
         tojson=_to_json,
         markdown=markdown,
         unmention=unmention,
+        safe_url=safe_url,
         html=html,
     )
     env.globals.update(slack_link=slack_link, markdown_link=markdown_link, html_link=html_link)
@@ -220,7 +234,8 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
     """The part of the context that comes from the build alone (and its failed tests).
 
     Plain data that templates cannot change (the sandbox is immutable), so one event's
-    facts serve every destination it goes to.
+    facts serve every destination it goes to. Every string in it is `clean`: no terminal
+    escapes, control or bidi characters reach a chat or a user's template.
     """
     runs = []
     for run in build.runs:
@@ -240,8 +255,8 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
     passed = [r for r in runs if r["status"] == "PASSED"]
     other = [r for r in runs if r["status"] not in ("FAILED", "PASSED")]
     seconds = _seconds_between(build.created, build.completed)
-    reason_full = build.reason or ""
-    return {
+    reason_full = clean(build.reason or "", multiline=True)
+    facts: dict[str, Any] = {
         "build": build.model_dump(mode="json"),
         "factory": build.factory,
         "project": build.project,
@@ -273,6 +288,8 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         "reason": shorten(first_line(reason_full)),
         "reason_full": reason_full,
     }
+    cleaned: dict[str, Any] = clean_data(facts, MULTILINE_FIELDS)
+    return cleaned
 
 
 def context(
@@ -298,7 +315,7 @@ def context(
         **(facts if facts is not None else build_context(build, tests)),
         "event_id": event_id,
         "destination": destination,
-        "transition": change.as_dict(),
+        "transition": clean_data(change.as_dict()),
         # What the transition adds to the status, when it adds anything.
         "note": change.summary
         if change.kind in ("still_failing", "fixed")

@@ -168,10 +168,33 @@ async def test_generic_posts_the_document_with_its_headers(
     assert request.headers["Content-Type"].startswith("application/json")
     assert request.headers["X-Api-Key"] == "key-123"
     assert request.headers["Authorization"] == "Token abc"
-    # The same delivery carries the same key on every attempt, so a receiver can dedupe.
-    assert request.headers["Idempotency-Key"] == f"jobserv-bridge-{setup.delivery.id}"
+    assert request.headers["Idempotency-Key"].startswith(f"jobserv-bridge-{setup.delivery.id}-")
     assert request.json == setup.rendered()
     assert request.json["status"] == "FAILED"
+
+
+async def test_generic_idempotency_keys_repeat_for_a_retry_only(
+    fake_chat: FakeChat, tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    setup = await setup_chat(GENERIC, fake_chat, tmp_path, store, session)
+    fake_chat.script(GENERIC_PATH, Reply(502, "bad gateway"))
+    assert isinstance(await setup.lane.deliver(setup.delivery), Retry)
+    assert await setup.lane.deliver(setup.delivery) == Sent()
+    # A new, empty store numbers its deliveries from 1 again: the same id, another build.
+    other_build = json.loads(fixture_body(PASSED))
+    fresh = SqliteStore(tmp_path / "fresh.sqlite3")
+    await fresh.open(serving=True)
+    try:
+        renumbered = await claimed_delivery(fresh, json.dumps(other_build).encode(), DESTINATION)
+    finally:
+        await fresh.close()
+    assert renumbered.id == setup.delivery.id
+    assert await setup.lane.deliver(renumbered) == Sent()
+
+    first, retried, renumbered_request = (r.headers["Idempotency-Key"] for r in fake_chat.requests)
+    # A receiver that honours the key drops a retry of a message it took, and nothing else.
+    assert first == retried
+    assert renumbered_request != first
 
 
 async def test_generic_without_headers_sends_no_authorization(

@@ -353,6 +353,57 @@ async def test_a_redirect_is_not_followed_with_the_token(
     assert [r.path for r in api.requests] == [RUN_TESTS]
 
 
+# --- where the token may go --------------------------------------------------------------------
+
+API_PATH = "/jobserv"
+
+
+@pytest.mark.parametrize(
+    "escape",
+    ["/..", "/%2e%2e", "/%2E%2E", "/.%2e", "/%2e.", "/%252e%252e", "/x/../..", "/..%2fx"],
+)
+async def test_a_tests_url_leading_out_of_the_api_path_is_never_asked(
+    aiohttp_client: ClientFactory, api: FakeChat, fake_chat: FakeChat, tmp_path: Path, escape: str
+) -> None:
+    # Inside and outside api_url's path, the fake API would answer: only the path decides.
+    api.default(API_PATH + RUN_TESTS, list_answer([LINT]))
+    api.default("/outside" + RUN_TESTS, list_answer([LINT]))
+    api.default(RUN_TESTS, list_answer([LINT]))
+    tests_url = PUBLIC_API + escape + "/outside" + RUN_TESTS
+    body = with_tests_url(fixture_body(FAILED), "build-armhf", tests_url)
+    keys = f'api_token = "{TOKEN}"\napi_url = "{api.base_url}{API_PATH}/"\ntimeout = "2s"'
+    config = config_for(tmp_path, fake_chat, keys, destinations=("generic",))
+    client = await aiohttp_client(create_app(config))
+    await post(client, body)
+
+    [message] = await fake_chat.wait_for(1, path="/generic")
+    assert failed_run(message.json)["tests_unavailable"] is True
+    assert api.requests == []
+    assert all(TOKEN not in r.text for r in fake_chat.requests)
+
+
+async def test_tests_urls_are_asked_of_the_api_only_and_within_its_path(
+    aiohttp_client: ClientFactory, api: FakeChat, fake_chat: FakeChat, tmp_path: Path
+) -> None:
+    api.default(API_PATH + RUN_TESTS, list_answer([LINT]))
+    api.default(API_PATH + LINT.path, Reply(json={"status": "success", "data": {"test": {}}}))
+    async with FakeChat() as elsewhere:
+        elsewhere.default(None, list_answer([LINT]))
+        # Another host, and a `..` that stays inside the API's path: both asked of the API.
+        tests_url = elsewhere.url(RUN_TESTS + "../tests/")
+        body = with_tests_url(fixture_body(FAILED), "build-armhf", tests_url)
+        keys = f'api_token = "{TOKEN}"\napi_url = "{api.base_url}{API_PATH}/"\ntimeout = "2s"'
+        config = config_for(tmp_path, fake_chat, keys, destinations=("generic",))
+        client = await aiohttp_client(create_app(config))
+        await post(client, body)
+
+        [message] = await fake_chat.wait_for(1, path="/generic")
+        assert [t["name"] for t in failed_run(message.json)["failed_tests"]] == ["lint"]
+        assert elsewhere.requests == []
+    assert api.requests[0].path == API_PATH + RUN_TESTS
+    assert all(r.path.startswith(API_PATH + "/") for r in api.requests)
+
+
 # --- asking once -----------------------------------------------------------------------------
 
 

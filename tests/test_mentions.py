@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.config import Config
@@ -315,3 +316,132 @@ async def test_discord_pings_everyone_only_when_the_config_says_so(
 
     assert request.json["content"] == "@here"
     assert request.json["allowed_mentions"] == {"parse": ["everyone"]}  # no user, no role
+
+
+# --- every build field, every chat -------------------------------------------------------
+
+# Mentions in every chat's syntax, and a URL path holding them.
+EVERY_PING = PINGS + " @\u2060x <at>Alice</at> <@!42> @ci-team"
+PING_PATH = "@channel/@here/@all/@room"
+# A bare mention as Slack, Mattermost, Rocket.Chat and Matrix clients read it in text.
+BARE_MENTION = re.compile(r"(?<![\w\u2060])@(?:here|channel|everyone|all|room)\b")
+
+
+def pinging_build() -> bytes:
+    """A failed build whose every field a message shows is made of mentions."""
+    data = json.loads(build_body(68, trigger=f"devel {EVERY_PING}", reason=EVERY_PING))
+    data["url"] = "https://api.foundries.io/projects/@channel/lmp/builds/68/"
+    data["web_url"] = f"https://ci.foundries.io/{PING_PATH}/68"
+    for run in data["runs"]:
+        run["web_url"] = f"https://ci.foundries.io/{PING_PATH}/{run['name']}"
+        run["name"] = f"{run['name']} {EVERY_PING}"
+        run["host_tag"] = EVERY_PING
+        run["log_url"] = f"https://api.foundries.io/{PING_PATH}/console.log"
+    return json.dumps(data).encode()
+
+
+def all_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in all_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in all_strings(item)]
+    return []
+
+
+def slack_texts_read_for_mentions(message: dict[str, Any]) -> list[str]:
+    """The top-level text, and every mrkdwn text object Slack parses (not "verbatim")."""
+    texts = [message["text"]]
+    for block in message["blocks"]:
+        objects = [block.get("text"), *block.get("elements", [])]
+        texts += [
+            o["text"]
+            for o in objects
+            if isinstance(o, dict) and o.get("type") == "mrkdwn" and not o.get("verbatim")
+        ]
+    return texts
+
+
+def slack_only_configured(slack: dict[str, Any]) -> None:
+    """The configured mentions, in the text and their own section; the sections with build
+    data are verbatim (Slack parses no bare @here in them), and nothing else has any."""
+    assert slack_mentions(slack) == ["<@U456>", "<!subteam^S123>"] * 2
+    parsed = slack_texts_read_for_mentions(slack)
+    assert parsed[1:] == ["<@U456> <!subteam^S123>"]
+    assert [BARE_MENTION.findall(text) for text in parsed] == [[], []]
+
+
+def discord_only_configured(discord: dict[str, Any]) -> None:
+    """Embeds never ping; the content is the configured mentions, and only they may ping."""
+    assert discord["content"] == "<@123456789> <@&987654321> <@!42>"
+    assert discord["allowed_mentions"] == {
+        "parse": [],
+        "users": ["123456789", "42"],
+        "roles": ["987654321"],
+    }
+
+
+def googlechat_only_configured(chat: dict[str, Any]) -> None:
+    """Only the text mentions; no plain text (fallback, header) holds a <users/...>."""
+    assert googlechat_mentions(chat) == ["<users/112233>"]
+    assert chat["text"] == "<users/112233>"
+    header = chat["cardsV2"][0]["card"]["header"]
+    for text in (chat["fallbackText"], header["title"], header["subtitle"]):
+        assert "<users/" not in text
+    assert all("<users/" not in text for text in all_strings(chat["cardsV2"]))
+
+
+def mattermost_only_configured(message: dict[str, Any]) -> None:
+    assert mattermost_mentions(message) == ["@alice", "@ci-team"]
+
+
+def rocketchat_only_configured(message: dict[str, Any]) -> None:
+    assert rocketchat_mentions(message) == ["@alice"]
+
+
+def matrix_only_configured(matrix: dict[str, Any]) -> None:
+    """m.mentions names the configured user only, and a server that still reads @room in
+    the body (no intentional mentions) finds none."""
+    assert matrix["m.mentions"] == {"user_ids": ["@alice:example.org"]}
+    assert BARE_MENTION.findall(matrix["body"]) == []
+    assert BARE_MENTION.findall(matrix["formatted_body"]) == []
+    assert "matrix.to/#/@alice:example.org" in matrix["formatted_body"]
+
+
+def teams_only_configured(card: dict[str, Any]) -> None:
+    """A card mentions whom its msteams.entities name, wherever their <at>name</at> is:
+    there are no entities, and no text holds an <at>."""
+    assert "entities" not in json.dumps(card)
+    assert all("<at>" not in text for text in all_strings(card))
+    assert "Alice Example" in all_strings(card)
+
+
+def generic_only_configured(document: dict[str, Any]) -> None:
+    """The generic document is data: the build's text as it is, the mentions apart."""
+    assert document["mentions"] == ["@alice", "<@U456>"]
+    assert document["trigger"] == f"devel {EVERY_PING}"
+
+
+ONLY_CONFIGURED: dict[str, Callable[[dict[str, Any]], None]] = {
+    "slack": slack_only_configured,
+    "discord": discord_only_configured,
+    "googlechat": googlechat_only_configured,
+    "mattermost": mattermost_only_configured,
+    "rocketchat": rocketchat_only_configured,
+    "matrix": matrix_only_configured,
+    "teams": teams_only_configured,
+    "generic": generic_only_configured,
+}
+
+
+@pytest.mark.parametrize("chat", ONLY_CONFIGURED)
+async def test_no_field_of_a_build_mentions_anyone(
+    aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path, chat: str
+) -> None:
+    answer_as_every_chat(fake_chat)
+    client = await aiohttp_client(create_app(every_chat_config(tmp_path, fake_chat)))
+
+    sent = await messages_for(client, fake_chat, pinging_build())
+
+    ONLY_CONFIGURED[chat](sent[chat])

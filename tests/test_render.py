@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bridge.chats.limits import slack_fits
 from bridge.config import ConfigError
 from bridge.jobserv import Build, parse_build
+from bridge.markup import clean, unmention
 from bridge.render import (
     REASON_LIMIT,
     Template,
@@ -78,8 +79,9 @@ def failed_build(
 
 
 def escaped(text: str) -> str:
-    """How Slack mrkdwn wants user text: only &, < and > are control characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """How Slack mrkdwn wants user text: only &, < and > are control characters; an @
+    that could begin a mention is followed by a word joiner."""
+    return unmention(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def link_label(text: str) -> str:
@@ -228,6 +230,15 @@ def test_slack_escapes_run_names_reason_and_trigger() -> None:
         assert raw not in everything
 
 
+def test_slack_escapes_a_build_status_of_any_text() -> None:
+    data = fixture_data(FAILED)
+    data["status"] = "<!channel> @here"
+    message = render_dict(SLACK, build_from(data))
+    everything = "\n".join([*mrkdwn_texts(message), message["text"]])
+    assert "<!channel>" not in everything
+    assert "&lt;!channel&gt; @\u2060here" in everything
+
+
 def test_a_pipe_in_a_run_name_does_not_break_its_link() -> None:
     build = failed_build(runs=[failed_run("a|b")])
     [section] = run_sections(render_dict(SLACK, build))
@@ -239,10 +250,11 @@ def test_json_templates_survive_quotes_backslashes_newlines_and_unicode() -> Non
     reason = 'a "quoted" \\ reason ☃ \u00e9'
     build = failed_build(runs=[failed_run(name)], reason=reason)
     document = render_dict(GENERIC, build)
-    assert document["failed_runs"][0]["name"] == name
+    # Line breaks and tabs in a name become spaces, and the NUL is left out.
+    assert document["failed_runs"][0]["name"] == 'say "hi" \\ back\\slash  tab ☃ 𝄞   '
     assert document["reason"] == reason
     [section] = run_sections(render_dict(SLACK, build))
-    assert f"|{link_label(name)}>" in section
+    assert f"|{link_label(clean(name))}>" in section
 
 
 text_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
@@ -254,7 +266,8 @@ def test_json_templates_always_render_valid_json_with_the_text(
     names: list[str], reason: str
 ) -> None:
     build = failed_build(runs=[failed_run(n, i) for i, n in enumerate(names)], reason=reason)
-    shown_reason = shorten(first_line(reason))
+    shown_reason = shorten(first_line(clean(reason, multiline=True)))
+    names = [clean(name) for name in names]
 
     # render() parses the output: a dict back means the template wrote valid JSON.
     document = render_dict(GENERIC, build)

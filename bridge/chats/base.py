@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,23 @@ from bridge.outcome import Outcome
 Body = dict[str, Any] | str
 # A chat's size check: None when a message fits, else what is over its limits.
 Fits = Callable[[Body], str | None]
+
+
+def delivery_key(delivery_id: int, body: Body) -> str:
+    """An id for one delivery's message, for chats that drop a repeated one (an idempotency
+    key, a transaction id).
+
+    The same for every attempt of one delivery (the body renders the same); the body's
+    digest keeps the ids of a new, empty store (whose delivery ids start at 1 again) apart
+    from the old ones, which a receiver may still remember.
+    """
+    data = (
+        body
+        if isinstance(body, str)
+        else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    )
+    digest = hashlib.sha256(data.encode()).hexdigest()[:16]
+    return f"jobserv-bridge-{delivery_id}-{digest}"
 
 
 class DestinationSettings(BaseModel):

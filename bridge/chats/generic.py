@@ -7,7 +7,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, SecretStr
 
-from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key
 from bridge.outcome import Outcome, from_http
 
 
@@ -27,7 +27,9 @@ class Generic:
         self.headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
 
     async def send(self, body: Body, delivery_id: int) -> Outcome:
-        headers = {"Idempotency-Key": f"jobserv-bridge-{delivery_id}", **self.headers}
+        # Not the delivery id alone: a new store numbers its deliveries from 1 again, and a
+        # receiver that honours the key would drop their messages as repeats.
+        headers = {"Idempotency-Key": delivery_key(delivery_id, body), **self.headers}
         async with self.session.post(self.url, json=body, headers=headers) as response:
             text = await response.text(errors="replace")
             return from_http(response.status, response.headers, text)

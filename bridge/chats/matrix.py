@@ -7,7 +7,6 @@ id is the same for every attempt of one delivery: a homeserver that already took
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -15,8 +14,8 @@ import aiohttp
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from bridge.chats.base import Body, ChatType, DestinationSettings
-from bridge.chats.limits import encode_json, matrix_fits
+from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key
+from bridge.chats.limits import matrix_fits
 from bridge.chats.webhook import Answer, send_json
 from bridge.outcome import Outcome, from_http
 
@@ -39,10 +38,8 @@ class MatrixSettings(DestinationSettings):
 
 
 def transaction_id(delivery_id: int, body: Body) -> str:
-    """The same for every attempt of one delivery; the body's digest keeps ids from a new,
-    empty store (whose delivery ids start at 1 again) apart from the old ones."""
-    digest = hashlib.sha256(encode_json(body)).hexdigest()[:16]
-    return f"jobserv-bridge-{delivery_id}-{digest}"
+    """The same for every attempt of one delivery, and not one a new store repeats."""
+    return delivery_key(delivery_id, body)
 
 
 def retry_after(answer: Answer) -> float | None:
