@@ -56,6 +56,7 @@ from bridge.store import (
     Store,
     StoreUnavailable,
 )
+from bridge.text import plural
 
 log = logging.getLogger("bridge.admin")
 
@@ -660,9 +661,9 @@ def _chart(hours: list[HourActivity]) -> dict[str, Any]:
                 ),
                 "title": (
                     f"{start:%H:00}–{(start.hour + 1) % 24:02d}:00 UTC: "
-                    f"{_plural(hour.events, 'event')}, "
-                    f"{_plural(hour.failed_builds, 'failed build')}, "
-                    f"{_plural(hour.dead_deliveries, 'dead delivery', 'dead deliveries')}"
+                    f"{plural(hour.events, 'event')}, "
+                    f"{plural(hour.failed_builds, 'failed build')}, "
+                    f"{plural(hour.dead_deliveries, 'dead delivery', 'dead deliveries')}"
                 ),
             }
         )
@@ -683,10 +684,6 @@ def _totals(hours: list[HourActivity]) -> dict[str, int]:
 
 
 # -- formatting for the templates ---------------------------------------------------
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def format_age(seconds: float | None) -> str:
@@ -729,7 +726,7 @@ def _environment(redact: Redactor) -> jinja2.Environment:
     environment.filters["age"] = format_age
     environment.filters["time"] = format_time
     environment.filters["iso"] = _iso
-    environment.globals["plural"] = _plural
+    environment.globals["plural"] = plural
     return environment
 
 

@@ -31,6 +31,7 @@ from bridge.redact import Redactor
 from bridge.render import TemplateError, context
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
+from bridge.text import plural
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -185,7 +186,11 @@ def _routes(config: Config, args: argparse.Namespace) -> int:
         f" #{build.build_id} {build.status} ({change.summary})"
     )
     for match in explain(config.routes, build, change):
-        print(f"routes[{match.index}]: {'match' if match.matched else 'no match'}: {match.why}")
+        if match.matched:
+            sends_to = ", ".join(config.routes[match.index].destinations)
+            print(f"routes[{match.index}]: match: sends to {sends_to}")
+        else:
+            print(f"routes[{match.index}]: no match: {match.why}")
     found = targets(config.routes, build, change)
     names = [
         t.destination + (f" (mentions {' '.join(t.mentions)})" if t.mentions else "") for t in found
@@ -277,7 +282,8 @@ def _render(config: Config, args: argparse.Namespace) -> int:
         if len(names) > 1:
             print(f"# {name} ({config.destinations[name].type})", file=sys.stderr, flush=True)
         if rendered.cut:
-            print(f"# {rendered.hidden} failed runs left out to fit", file=sys.stderr, flush=True)
+            left_out = plural(rendered.hidden, "failed run")
+            print(f"# {left_out} left out to fit", file=sys.stderr, flush=True)
         body = rendered.body
         text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
         print(text, flush=True)
@@ -312,10 +318,10 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
             print(", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
         elif args.action == "retry":
             count = await store.retry(None if args.all_dead else args.ids, now)
-            print(f"{count} dead letters queued again")
+            print(f"{plural(count, 'dead letter')} queued again")
         else:
             count = await store.purge(now - args.older_than, ("sent", "dead"))
-            print(f"{count} deliveries purged")
+            print(f"{plural(count, 'delivery', 'deliveries')} purged")
     finally:
         await store.close()
     return 0
@@ -348,8 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             print(
-                f"{args.config}: ok ({len(config.sources)} sources, "
-                f"{len(config.destinations)} destinations, {len(config.routes)} routes)"
+                f"{args.config}: ok ({plural(len(config.sources), 'source')}, "
+                f"{plural(len(config.destinations), 'destination')}, "
+                f"{plural(len(config.routes), 'route')})"
             )
             return 0
         if args.command == "render":

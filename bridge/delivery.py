@@ -27,6 +27,7 @@ from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_r
 from bridge.redact import Redactor
 from bridge.render import Template, TemplateError, build_context, context
 from bridge.store import Delivery, Store
+from bridge.text import plural
 
 log = logging.getLogger("bridge.delivery")
 
@@ -297,7 +298,7 @@ class Lane:
             age = now - delivery.created_at
             limit = self.settings.max_attempts
             if (limit and attempt >= limit) or age >= self.settings.max_age:
-                reason = f"gave up after {attempt} attempts over {age:.0f}s: {reason}"
+                reason = f"gave up after {plural(attempt, 'attempt')} over {age:.0f}s: {reason}"
                 code = "gave_up"
             else:
                 wait = outcome.after

@@ -544,7 +544,7 @@ async def test_retry_button_requeues_the_dead_letter_and_it_is_sent(
 
     page = await bridge.page(f"/?retried={dead.id}")
     assert f"Delivery {dead.id} is queued again." in page
-    assert "1 dead letters" in visible_text(page)
+    assert re.search(r"\b1 dead letter(?!s)", visible_text(page))
 
     async with bridge.admin.post(form["action"], data={"csrf": form["csrf"]}) as response:
         assert response.status == 200  # followed to the page

@@ -784,14 +784,15 @@ def discord_problems(message: dict[str, Any]) -> list[str]:
     return problems
 
 
-# --- the README's custom templates ---------------------------------------------------------
+# --- the documented custom templates ---------------------------------------------------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+TEMPLATES_PAGE = Path(__file__).resolve().parent.parent / "docs" / "templates.md"
 README_EXAMPLE = re.compile(r'```jinja\n(\{#- type = "([a-z-]+)".*?)```', re.DOTALL)
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    return [(kind, source) for source, kind in README_EXAMPLE.findall(README.read_text())]
+    """The custom templates of docs/templates.md, with the chat type each is for."""
+    return [(kind, source) for source, kind in README_EXAMPLE.findall(TEMPLATES_PAGE.read_text())]
 
 
 def test_the_readme_has_a_custom_template_for_every_chat() -> None:

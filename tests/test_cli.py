@@ -440,7 +440,7 @@ async def test_outbox_retry_one_dead_letter_sends_it_again(
 ) -> None:
     result = await outbox(filled_outbox, "retry", "4")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1 dead letters queued again"
+    assert result.stdout.strip() == "1 dead letter queued again"
     assert sorted(listed(await outbox(filled_outbox, "list", "--pending"))) == [
         (4, "pending", "broken-hook")
     ]

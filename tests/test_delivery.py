@@ -286,6 +286,19 @@ async def test_max_attempts_sends_a_retrying_delivery_to_the_dead_letters(
     assert len(fake_chat.requests_to("/a")) == 3
 
 
+async def test_giving_up_after_one_attempt_says_attempt(
+    aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
+) -> None:
+    fake_chat.default("/a", Reply(500, "down"))
+    config = config_for(tmp_path, generic(fake_chat, "a", "max_attempts = 1"))
+    client = await aiohttp_client(create_app(config))
+    await post(client, build_body(1))
+
+    [dead] = await wait_rows(store_of(client), "dead")
+    assert dead.last_error is not None
+    assert dead.last_error.startswith("gave up after 1 attempt over ")
+
+
 async def test_max_age_sends_a_retrying_delivery_to_the_dead_letters(
     aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
 ) -> None:

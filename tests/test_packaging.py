@@ -33,8 +33,15 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKER_CONFIG = REPO_ROOT / "deploy" / "config.docker.toml"
 SYSTEMD_UNIT = REPO_ROOT / "deploy" / "jobserv-bridge.service"
 README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 COMMAND = "jobserv-bridge"
+
+
+def documentation() -> str:
+    """The README and the pages under docs/ that it links to."""
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
 
 
 # --- parsing the files --------------------------------------------------------------
@@ -309,7 +316,7 @@ def test_systemd_unit_stops_with_sigterm_and_keeps_its_state() -> None:
     assert service.get("KillSignal", "SIGTERM") in ("SIGTERM", "TERM")
     # The README tells to put the store in the unit's state directory.
     assert service["StateDirectory"] == "jobserv-bridge"
-    assert "/var/lib/jobserv-bridge/" in README.read_text()
+    assert "/var/lib/jobserv-bridge/" in documentation()
     assert systemd_unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
@@ -335,7 +342,7 @@ def cli_help(*args: str) -> str:
 
 
 def test_readme_documents_every_subcommand() -> None:
-    readme = README.read_text()
+    readme = documentation()
     commands = listed_subcommands(cli_help(), "COMMAND")
     assert {"serve", "check-config", "routes", "send-test", "outbox"} <= set(commands)
     for command in commands:
@@ -346,8 +353,10 @@ def test_readme_documents_every_subcommand() -> None:
 
 
 def test_readme_documents_the_production_sections() -> None:
-    readme = README.read_text()
-    for heading in ("## Running it in production", "## Troubleshooting"):
+    readme = documentation()
+    for page in ("production.md", "troubleshooting.md"):
+        assert f"](docs/{page})" in README.read_text(), page
+    for heading in ("# Running it in production", "# Troubleshooting"):
         assert heading in readme
     for words in ("/healthz", "/readyz", "/metrics", "SIGHUP", "--log-format json", "401", "403"):
         assert words in readme, words
