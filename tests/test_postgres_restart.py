@@ -188,3 +188,6 @@ async def test_a_bridge_rides_out_a_postgres_restart(
         if process.returncode is None:
             process.terminate()
             await process.wait()
+
+    # One replica alone: no other replica ever held its lane.
+    assert "taken over from another replica" not in log()
