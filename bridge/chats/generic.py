@@ -8,6 +8,7 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.webhook import read_text
 from bridge.outcome import Outcome, from_http
 
 
@@ -29,8 +30,7 @@ class Generic:
     async def send(self, body: Body, delivery_id: int) -> Outcome:
         headers = {"Idempotency-Key": f"jobserv-bridge-{delivery_id}", **self.headers}
         async with self.session.post(self.url, json=body, headers=headers) as response:
-            text = await response.text(errors="replace")
-            return from_http(response.status, response.headers, text)
+            return from_http(response.status, response.headers, await read_text(response))
 
 
 CHAT = ChatType("generic", GenericSettings, Generic)
