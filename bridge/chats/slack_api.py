@@ -14,7 +14,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.limits import slack_fits
-from bridge.chats.webhook import CappedResponse
+from bridge.chats.webhook import capped_session
 from bridge.outcome import Outcome, Retry, Sent, from_slack_api
 
 
@@ -45,15 +45,7 @@ class SlackApi:
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[AsyncWebClient]:
-        """A client on the shared connections whose answers are read up to a cap
-        (slack-sdk reads them itself); a session of its own only for that."""
-        if self.session.closed:
-            raise aiohttp.ClientConnectionError("the HTTP session is closed")
-        async with aiohttp.ClientSession(
-            connector=self.session.connector,
-            connector_owner=False,
-            response_class=CappedResponse,
-        ) as session:
+        async with capped_session(self.session) as session:
             # Retries are decided in one place (bridge.outcome), never inside the client.
             yield AsyncWebClient(
                 token=self.token.get_secret_value(),

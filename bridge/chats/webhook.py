@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,18 @@ async def read_text(response: aiohttp.ClientResponse) -> str:
         return body.decode(response.charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
         return body.decode("utf-8", errors="replace")
+
+
+@asynccontextmanager
+async def capped_session(shared: aiohttp.ClientSession) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session on `shared`'s connections whose answers are read up to MAX_ANSWER_BYTES,
+    for a client library (slack-sdk) that reads answers itself."""
+    if shared.closed:
+        raise aiohttp.ClientConnectionError("the HTTP session is closed")
+    async with aiohttp.ClientSession(
+        connector=shared.connector, connector_owner=False, response_class=CappedResponse
+    ) as session:
+        yield session
 
 
 class CappedResponse(aiohttp.ClientResponse):
