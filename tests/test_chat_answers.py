@@ -2,7 +2,8 @@
 
 The chats talk to the fake chat server (tests/fakes/chat_server.py) for real: the
 Slack Web API chat through slack-sdk's AsyncWebClient, Teams through the shared
-JSON webhook code, the generic chat with its own request.
+JSON webhook code, the generic chat with its own request, Slack's incoming webhooks
+through slack-sdk's AsyncWebhookClient.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tests.fakes.chat_server import Behaviour, FakeChat, Reply, SlackApiOk, Stre
 API_PATH = "/api/chat.postMessage"
 TEAMS_PATH = "/workflows/teams"
 GENERIC_PATH = "/hooks/ci"
+SLACK_WEBHOOK_PATH = "/services/T000/B000/XXXX"
+PATHS = {"teams": TEAMS_PATH, "generic": GENERIC_PATH, "slack-webhook": SLACK_WEBHOOK_PATH}
 PROXY_PAGE = "<html><body><h1>502 Bad Gateway</h1><p>the proxy says hello</p></body></html>"
 # Whatever the kernel's socket buffers hold beyond what the client read: far below this.
 READ_BOUND = 32 * 1024 * 1024
@@ -30,7 +33,7 @@ def make_chat(folder: Path, fake: FakeChat, session: aiohttp.ClientSession, kind
     where = (
         f'token = "xoxb-1-2-TOKEN"\nchannel = "C1"\napi_url = "{fake.url("/api/")}"'
         if kind == "slack-api"
-        else f'url = "{fake.url(TEAMS_PATH if kind == "teams" else GENERIC_PATH)}"'
+        else f'url = "{fake.url(PATHS[kind])}"'
     )
     config = make_config(
         folder,
@@ -81,6 +84,7 @@ async def test_a_slack_api_2xx_without_the_api_json_is_retried(
     [
         ("teams", TEAMS_PATH, Stream(202, "text/plain"), Sent),
         ("generic", GENERIC_PATH, Stream(200, "text/html"), Sent),
+        ("slack-webhook", SLACK_WEBHOOK_PATH, Stream(200, "text/html"), Sent),
         (
             "slack-api",
             API_PATH,
@@ -88,7 +92,7 @@ async def test_a_slack_api_2xx_without_the_api_json_is_retried(
             Retry,
         ),
     ],
-    ids=["teams", "generic", "slack-api"],
+    ids=["teams", "generic", "slack-webhook", "slack-api"],
 )
 async def test_a_chat_reads_no_more_than_the_cap_of_an_endless_answer(
     kind: str,
