@@ -1,8 +1,9 @@
-"""The SQLite store on a disk that fills up, and store calls that fail.
+"""The SQLite store on a disk that fills up or is read-only, and store calls that fail.
 
 The disk is a small tmpfs that the test mounts (root only; skipped otherwise, with
 the reason) and fills with a file: the store's writes then fail for real, with
-ENOSPC from the kernel, until the test deletes the file.
+ENOSPC from the kernel, until the test deletes the file. Read-only is the same
+tmpfs remounted so.
 """
 
 from __future__ import annotations
@@ -137,6 +138,32 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(tmp_path: Path) -> None:
         assert sorted(e.build_id for e in await store.recent_events(10)) == [1, 2, 4, 5]
     finally:
         await store.close()
+
+
+def remount(disk: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
+
+
+async def test_a_read_only_store_folder_is_unavailable_naming_the_file(small_disk: Path) -> None:
+    path = small_disk / "outbox.sqlite3"
+    store = SqliteStore(path)
+    await store.open(serving=True)
+    await accept_body(store, event_body(1), ["alerts"])
+    await store.close()
+
+    remount(small_disk, "ro")
+    try:
+        with pytest.raises(StoreUnavailable, match=f"cannot open {path}"):
+            await SqliteStore(path).open(serving=True)
+    finally:
+        remount(small_disk, "rw")
+
+    reopened = SqliteStore(path)
+    await reopened.open(serving=True)
+    try:
+        assert [e.build_id for e in await reopened.recent_events(10)] == [1]
+    finally:
+        await reopened.close()
 
 
 def config_on(disk: Path, folder: Path, fake: FakeChat) -> Any:
