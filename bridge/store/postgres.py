@@ -45,6 +45,7 @@ from bridge.store import (
     State,
     Store,
     StoreUnavailable,
+    unavailable,
 )
 
 T = TypeVar("T")
@@ -200,7 +201,7 @@ FROM deliveries d JOIN events e ON e.id = d.event_id
 # also has InternalClientError ("cannot switch to state ...; another operation is in
 # progress") on a connection cut in the middle of a query, and the odd plain error
 # of a connection in a state it did not expect. A store call turns any exception
-# into StoreUnavailable (`_unavailable`), so that a store failure is always a 503.
+# into StoreUnavailable (`unavailable`), so that a store failure is always a 503.
 _ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -212,13 +213,7 @@ _ERRORS = (
 
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:
-    """`exc` as a StoreUnavailable; one that is not a known driver error is logged with
-    its traceback, as it may be a bug (ours or the driver's) rather than an outage."""
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if not isinstance(exc, _ERRORS):
-        log.warning("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
-    return StoreUnavailable(f"{what}: {str(exc) or type(exc).__name__}")
+    return unavailable(what, exc, _ERRORS)
 
 
 def _count(status: str) -> int:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import queue
 import sqlite3
@@ -42,10 +41,10 @@ from bridge.store import (
     State,
     Store,
     StoreUnavailable,
+    unavailable,
 )
 
 T = TypeVar("T")
-log = logging.getLogger("bridge.store")
 # The work, where its answer goes, and whether its commit must reach the disk first.
 Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
 
@@ -548,13 +547,7 @@ def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> t
 
 
 def _unavailable(what: str, exc: BaseException) -> StoreUnavailable:
-    """`exc` as a StoreUnavailable, so that the intake answers 503 whatever failed; one
-    that is not SQLite's is logged with its traceback, as it may be a bug."""
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if not isinstance(exc, sqlite3.Error):
-        log.warning("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
-    return StoreUnavailable(f"{what}: {str(exc) or type(exc).__name__}")
+    return unavailable(what, exc, (sqlite3.Error,))
 
 
 def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
