@@ -142,7 +142,9 @@ class Lane:
         try:
             owned = await self.store.own_lane(self.name)
         except Exception:
-            self.owned, self.waited = False, True
+            # Not a sign of another replica (the store may be restarting): `waited` is
+            # only for a lane that another replica was seen to hold.
+            self.owned = False
             raise
         if owned and not self.owned and self.waited:
             # Another replica sent on this lane, lately perhaps: start with an empty

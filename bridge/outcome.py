@@ -113,10 +113,17 @@ def from_http(
 
 
 def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcome:
-    """Classify a Slack Web API answer: HTTP 200 with `ok: false` is an error too."""
+    """Classify a Slack Web API answer: HTTP 200 with `ok: false` is an error too.
+
+    A 2xx without the API's JSON (`data` None or without `ok`) came from something on
+    the way, such as a proxy's HTML error page: the API itself may well answer next time.
+    """
     error = data.get("error") if isinstance(data, dict) else None
     if status == 200 and isinstance(data, dict) and data.get("ok"):
         return Sent()
+    if 200 <= status < 300 and not (isinstance(data, dict) and "ok" in data):
+        after = parse_retry_after(headers.get("Retry-After"))
+        return Retry(f"slack: HTTP {status} without the Web API's JSON", after, code="not_api")
     if status == 429 or error == "ratelimited":
         after = parse_retry_after(headers.get("Retry-After"))
         reason = f"slack: {error or 'ratelimited'}"

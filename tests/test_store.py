@@ -422,6 +422,23 @@ async def test_a_closed_store_is_unavailable(backend: Backend) -> None:
         await closed.accept(event(1), plan(["ci-alerts"]))
 
 
+async def test_whatever_fails_inside_a_store_call_is_unavailable(store: Store) -> None:
+    """The intake answers 503 for a StoreUnavailable and would answer 500 for anything
+    else: so whatever fails inside a call (the driver, SQLite, or here the routing the
+    store runs for the new event's deliveries) comes out as StoreUnavailable, stores
+    nothing, and leaves the store working."""
+
+    def broken(_change: Transition) -> list[tuple[str, tuple[str, ...]]]:
+        raise RuntimeError("routing broke")
+
+    with pytest.raises(StoreUnavailable, match="routing broke"):
+        await store.accept(event(1), broken)
+
+    accepted = await store.accept(event(1), plan(["ci-alerts"]))
+    assert (accepted.duplicate, accepted.deliveries) == (False, 1)
+    await store.ping()
+
+
 # -- lanes ----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key
+from bridge.chats.webhook import read_text
 from bridge.outcome import Outcome, from_http
 
 
@@ -31,8 +32,7 @@ class Generic:
         # receiver that honours the key would drop their messages as repeats.
         headers = {"Idempotency-Key": delivery_key(delivery_id, body), **self.headers}
         async with self.session.post(self.url, json=body, headers=headers) as response:
-            text = await response.text(errors="replace")
-            return from_http(response.status, response.headers, text)
+            return from_http(response.status, response.headers, await read_text(response))
 
 
 CHAT = ChatType("generic", GenericSettings, Generic)

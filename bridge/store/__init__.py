@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from bridge.policy import Transition
 if TYPE_CHECKING:
     from bridge.config import StoreConfig
 
+log = logging.getLogger("bridge.store")
+
 State = Literal["pending", "sent", "dead"]
 # Given an event's transition, the deliveries to make: (destination, mentions) pairs.
 Plan = Callable[[Transition], list[tuple[str, tuple[str, ...]]]]
@@ -20,6 +23,19 @@ Plan = Callable[[Transition], list[tuple[str, tuple[str, ...]]]]
 
 class StoreUnavailable(Exception):
     """The store cannot take or give data right now (disk full, locked, closed)."""
+
+
+def unavailable(
+    what: str, exc: BaseException, expected: tuple[type[BaseException], ...]
+) -> StoreUnavailable:
+    """`exc`, raised in a store call, as a StoreUnavailable: the intake answers 503 for
+    that whatever failed, never 500. One not of the `expected` kinds (the backend's own
+    errors) is logged with its traceback, as it may be a bug rather than an outage."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not isinstance(exc, expected):
+        log.warning("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
+    return StoreUnavailable(f"{what}: {str(exc) or type(exc).__name__}")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from bridge.store import (
     State,
     Store,
     StoreUnavailable,
+    unavailable,
 )
 
 T = TypeVar("T")
@@ -196,7 +197,23 @@ SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at, d.upd
 FROM deliveries d JOIN events e ON e.id = d.event_id
 """
 
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What the driver raises when the server or the connection fails. Not all: asyncpg
+# also has InternalClientError ("cannot switch to state ...; another operation is in
+# progress") on a connection cut in the middle of a query, and the odd plain error
+# of a connection in a state it did not expect. A store call turns any exception
+# into StoreUnavailable (`unavailable`), so that a store failure is always a 503.
+_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    EOFError,  # asyncio.IncompleteReadError: the server went away mid-message
+    TimeoutError,
+)
+
+
+def _unavailable(what: str, exc: Exception) -> StoreUnavailable:
+    return unavailable(what, exc, _ERRORS)
 
 
 def _count(status: str) -> int:
@@ -256,6 +273,9 @@ class PostgresStore(Store):
             raise StoreUnavailable(
                 f"cannot open the PostgreSQL store {self.where}: {exc}"
             ) from None
+        except Exception as exc:
+            await self.close()
+            raise _unavailable(f"cannot open the PostgreSQL store {self.where}", exc) from None
 
     async def close(self) -> None:
         await self._lanes.close()
@@ -263,7 +283,7 @@ class PostgresStore(Store):
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
-            except _ERRORS:
+            except Exception:
                 pool.terminate()  # gone or stuck: close the sockets without a goodbye
             except asyncio.CancelledError:
                 pool.terminate()
@@ -276,8 +296,10 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire() as connection:
                 yield connection
-        except _ERRORS as exc:
-            raise StoreUnavailable(f"store error: {exc}") from None
+        except Exception as exc:
+            # The pool closes a connection that fails its release, so the next call
+            # gets a sound one: the store recovers once the server is back.
+            raise _unavailable("store error", exc) from None
 
     async def _run(self, work: Callable[[Any], Awaitable[T]], *, transaction: bool = False) -> T:
         async with self._connection() as connection:
@@ -703,11 +725,9 @@ class _LaneLocks:
                     ),
                     LANE_CHECK_TIMEOUT,
                 )
-            except _ERRORS as exc:
+            except Exception as exc:
                 self._lose()
-                raise StoreUnavailable(
-                    f"lost the lanes' connection to {self.where}: {exc}"
-                ) from None
+                raise _unavailable(f"lost the lanes' connection to {self.where}", exc) from None
             if taken:
                 self.held.add(name)
                 self.fresh.add(name)
@@ -729,7 +749,7 @@ class _LaneLocks:
                     ),
                     LANE_CHECK_TIMEOUT,
                 )
-            except _ERRORS:
+            except Exception:
                 self._lose()  # closing the connection lets go of every lane it held
 
     async def close(self) -> None:
@@ -740,7 +760,7 @@ class _LaneLocks:
             if connection is not None and not connection.is_closed():
                 try:
                     await asyncio.wait_for(connection.close(), LANE_CHECK_TIMEOUT)
-                except _ERRORS:
+                except Exception:
                     connection.terminate()
                 except asyncio.CancelledError:
                     connection.terminate()

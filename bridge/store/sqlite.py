@@ -15,6 +15,7 @@ worst make a sent message go out again, which at-least-once delivery allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +41,7 @@ from bridge.store import (
     State,
     Store,
     StoreUnavailable,
+    unavailable,
 )
 
 T = TypeVar("T")
@@ -172,6 +174,8 @@ class SqliteStore(Store):
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
         try:
+            if connection.in_transaction:  # a batch before could not even roll back
+                connection.execute("ROLLBACK")
             if synchronous != self._synchronous:
                 connection.execute(f"PRAGMA synchronous={synchronous}")
                 self._synchronous = synchronous
@@ -182,17 +186,18 @@ class SqliteStore(Store):
                     result = work(connection)
                 except Exception as exc:
                     connection.execute("ROLLBACK TO job")
-                    if isinstance(exc, sqlite3.Error):
-                        exc = StoreUnavailable(f"store error: {exc}")
-                    results.append((future, None, exc))
+                    results.append((future, None, _unavailable("store error", exc)))
                 else:
                     results.append((future, result, None))
                 connection.execute("RELEASE job")
             connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            failure = StoreUnavailable(f"store write failed: {exc}")
+        except BaseException as exc:
+            # The commit (or SQLite itself) failed: nothing of the batch is stored, so
+            # every job in it fails, and the thread lives on for the next batch.
+            with contextlib.suppress(sqlite3.Error):
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            failure = _unavailable("store write failed", exc)
             results = [(future, None, failure) for _, future, _ in batch]
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_settle_all, results)
@@ -201,6 +206,8 @@ class SqliteStore(Store):
         """Run `work` in the writer thread; `durable`: answer only once it is on disk."""
         if self._thread is None or self._loop is None:
             raise StoreUnavailable("store is not open")
+        if not self._thread.is_alive():
+            raise StoreUnavailable("the store's writer thread has stopped")
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((work, future, durable))
         return await future
@@ -537,6 +544,10 @@ def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> t
         (*span, STREAK_LIMIT),
     ).fetchone()
     return since, count
+
+
+def _unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    return unavailable(what, exc, (sqlite3.Error,))
 
 
 def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -18,7 +18,7 @@ behaviours, consumed in order; when a path's queue is empty, the path's
 default (``default(path, b)``) or else the global default (``default(None, b)``,
 initially ``Reply(200, "ok")``) answers.
 
-Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError.
+Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError, Stream.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
     "Reset",
     "SlackApiError",
     "SlackApiOk",
+    "Stream",
     "slack_api_ok",
 ]
 
@@ -108,7 +109,20 @@ class SlackApiError:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError
+@dataclass(frozen=True)
+class Stream:
+    """Answer ``status`` with ``prefix`` and then ``chunk`` over and over, up to ``limit``
+    bytes, as fast as the client reads: an answer that does not end. FakeChat.streamed
+    counts the bytes written, until the client stopped reading and hung up."""
+
+    status: int = 200
+    content_type: str = "text/html"
+    prefix: bytes = b""
+    chunk: bytes = b" " * 65536
+    limit: int = 256 * 1024 * 1024
+
+
+Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError | Stream
 
 
 def slack_api_ok(channel: str = "C123") -> SlackApiOk:
@@ -166,6 +180,7 @@ class FakeChat:
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
         self._ts_counter = 0
+        self.streamed = 0  # bytes of the last Stream answer written
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -279,8 +294,11 @@ class FakeChat:
         async with self._arrived:
             self.requests.append(recorded)
             self._arrived.notify_all()
+        behaviour = self._next_behaviour(request.path)
+        if isinstance(behaviour, Stream):
+            return await self._stream(request, behaviour)
         try:
-            return await self._respond(self._next_behaviour(request.path), recorded)
+            return await self._respond(behaviour, recorded)
         except _Dropped:
             if request.transport is not None:
                 request.transport.abort()
@@ -312,6 +330,23 @@ class FakeChat:
             case Reset():
                 raise _Dropped
         raise TypeError(f"unknown behaviour: {behaviour!r}")
+
+    async def _stream(self, request: web.BaseRequest, stream: Stream) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=stream.status, headers={"Content-Type": stream.content_type}
+        )
+        await response.prepare(request)
+        self.streamed = 0
+        part = stream.prefix or stream.chunk
+        try:
+            while self.streamed < stream.limit and not self._stopping.is_set():
+                await response.write(part)
+                self.streamed += len(part)
+                part = stream.chunk
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client had read enough and hung up
+        return response
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep; return False early if the server is stopping."""
