@@ -98,6 +98,18 @@ async def webhook(request: web.Request) -> web.Response:
     return response
 
 
+def _went_away(request: web.Request) -> web.Response:
+    """Log a client that closed its connection before sending the whole body."""
+    expected = request.content_length
+    log.info(
+        "client %s went away after %d of %s body bytes",
+        request.remote,
+        request.content.total_bytes,
+        expected if expected is not None else "?",
+    )
+    return _error(400, "the connection was lost before the whole body came")  # never sent
+
+
 async def _intake(request: web.Request) -> web.Response:
     config = request.app[LIVE].config
     limit = config.server.max_body_size
@@ -105,6 +117,8 @@ async def _intake(request: web.Request) -> web.Response:
         body = await _read_body(request, limit)
     except _BodyTooLarge:
         return _error(413, f"body is larger than the limit of {limit} bytes")
+    except ConnectionError:
+        return _went_away(request)
 
     header = request.headers.get(SIGNATURE_HEADER)
     if header is None:
