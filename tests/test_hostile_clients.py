@@ -238,7 +238,8 @@ async def test_an_unknown_expectation_is_a_json_417_and_100_continue_still_works
 
 
 async def test_a_client_dropping_mid_body_is_one_info_line(serve: Serve) -> None:
-    bridge = await serve()
+    # A client gone before its handler began to read is noticed at the body deadline.
+    bridge = await serve('read_timeout = "2s"')
     clients = 30
 
     async def drop(chunked: bool) -> None:
@@ -351,6 +352,7 @@ async def test_connections_past_the_cap_are_refused_at_once_and_the_served_ones_
 
     for _ in range(8):
         streams.append(await served_connection())
+    warned = len(log_lines(bridge, "refusing more until some close"))
     for _ in range(5):
         # One that waits before it speaks reads the refusal, and the connection's end.
         began = time.monotonic()
@@ -372,7 +374,7 @@ async def test_connections_past_the_cap_are_refused_at_once_and_the_served_ones_
             pass
         writer.close()
     # One warning for the crowd, not one a connection.
-    assert len(log_lines(bridge, "refusing more until some close")) == 1
+    assert len(log_lines(bridge, "refusing more until some close")) == warned + 1
 
     # A served connection goes on: it posts a webhook on its kept-alive connection.
     reader, writer = streams[0]
