@@ -41,7 +41,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
 from markupsafe import Markup
 
 from bridge.config import Config, is_loopback
@@ -243,6 +243,8 @@ def _whole_number(text: str | None) -> int | None:
 
 
 async def _form(request: web.Request) -> Mapping[str, object]:
+    if request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity":
+        raise Refused(400, "a compressed form is not accepted")  # never decompressed
     try:
         return await request.post()
     except ValueError:
@@ -756,7 +758,9 @@ class AdminListener:
 
     def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
         self.settings = config.admin
-        self.runner = web.AppRunner(create_admin_app(config, store, dispatcher), access_log=None)
+        self.runner = web.AppRunner(
+            create_admin_app(config, store, dispatcher), access_log=None, auto_decompress=False
+        )
         self.url: str | None = None
 
     async def start(self) -> None:

@@ -8,6 +8,7 @@ import http.client
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -17,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from bridge import __version__
 from bridge.chats import CHAT_TYPES
@@ -127,25 +127,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from bridge.server import create_app
-
     redact = Redactor(config.secrets())
     configure_logging(args.log_level, args.log_format, redact)
     log = logging.getLogger("bridge")
     host, port = config.server.host, config.server.port
-
-    def listening(_: str) -> None:  # run_app calls this once the socket is bound
-        log.info("jobserv-bridge %s listening on http://%s:%d/webhook", __version__, host, port)
-
     try:
-        web.run_app(
-            create_app(config, redact),
-            host=host,
-            port=port,
-            shutdown_timeout=config.server.shutdown_timeout,
-            print=listening,
-            access_log=None,
-        )
+        asyncio.run(_serve_until_signalled(config, redact))
     except OSError as exc:
         print(
             f"jobserv-bridge: cannot listen on {host}:{port}: {exc.strerror or exc}",
@@ -154,6 +141,26 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     log.info("stopped")
     return 0
+
+
+async def _serve_until_signalled(config: Config, redact: Redactor) -> None:
+    """Serve until SIGTERM or SIGINT; then stop taking requests and finish those in flight."""
+    from bridge.listener import listening
+    from bridge.server import create_app
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with listening(create_app(config, redact), config.server) as runner:
+        port = runner.addresses[0][1]  # the one bound, when the config asks for any (0)
+        logging.getLogger("bridge").info(
+            "jobserv-bridge %s listening on http://%s:%d/webhook",
+            __version__,
+            config.server.host,
+            port,
+        )
+        await stop.wait()
 
 
 def _read_build(path: Path) -> Build:

@@ -57,6 +57,11 @@ class ServerConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_size: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: Duration = 10.0
+    # A client gets this long for its request line and headers (from connecting, or from the
+    # previous answer on a kept-alive connection), and as long again for the body.
+    read_timeout: Duration = Field(default=10.0, gt=0)
+    # Connections past this many are answered 503 and closed at once.
+    max_connections: int = Field(default=512, ge=1)
 
 
 class StoreConfig(_Section):

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.admin import AdminListener
@@ -78,6 +78,22 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _encoding_refused(request: web.Request) -> web.Response | None:
+    """The answer to a body with a Content-Encoding, else None.
+
+    The signature is over the body as sent, and JobServ sends plain JSON: a compressed body is
+    refused whole, never decompressed (which would also let anyone unsigned spend our CPU).
+    """
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    response = _error(
+        400, f"Content-Encoding {encoding[:40]!r} is not accepted: send the JSON body as it is"
+    )
+    response.headers[hdrs.ACCEPT_ENCODING] = "identity"
+    return response
+
+
 def new_event(build: Build, body: bytes) -> NewEvent:
     """The event to store for a parsed build and the webhook body it came in, received now."""
     return NewEvent(
@@ -99,13 +115,38 @@ async def webhook(request: web.Request) -> web.Response:
     return response
 
 
+def _went_away(request: web.Request) -> web.Response:
+    """Log a client that closed its connection before sending the whole body."""
+    expected = request.content_length
+    log.info(
+        "client %s went away after %d of %s body bytes",
+        request.remote,
+        request.content.total_bytes,
+        expected if expected is not None else "?",
+    )
+    return _error(400, "the connection was lost before the whole body came")  # never sent
+
+
 async def _intake(request: web.Request) -> web.Response:
     config = request.app[LIVE].config
-    limit = config.server.max_body_size
+    refusal = _encoding_refused(request)
+    if refusal is not None:
+        return refusal
+    limit, deadline = config.server.max_body_size, config.server.read_timeout
     try:
-        body = await _read_body(request, limit)
+        async with asyncio.timeout(deadline):
+            body = await _read_body(request, limit)
     except _BodyTooLarge:
         return _error(413, f"body is larger than the limit of {limit} bytes")
+    except TimeoutError:
+        if request.transport is None:  # it went before this handler began to read
+            return _went_away(request)
+        log.info("client %s sent the body too slowly: cut off after %gs", request.remote, deadline)
+        response = _error(408, f"the body did not arrive within {deadline:g}s")
+        response.force_close()
+        return response
+    except ConnectionError:
+        return _went_away(request)
 
     header = request.headers.get(SIGNATURE_HEADER)
     if header is None:
@@ -205,6 +246,19 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def expectation(request: web.Request) -> web.Response | None:
+    """aiohttp's handling of an Expect header, with an unknown expectation answered as JSON
+    (the expect handler runs before the middlewares)."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != aiohttp.HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return _error(417, f"unknown Expect: {expect[:40]!r}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp: the answer itself has not begun
+    return None
+
+
 @web.middleware
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -224,10 +278,10 @@ def create_app(config: Config, redact: Redactor | None = None) -> web.Applicatio
     app[LIVE] = Live(config, redact or Redactor(config.secrets()))
     app[METRICS] = Metrics()
     app[METRICS].last_reload.set(time.time())
-    app.router.add_post("/webhook", webhook)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/webhook", webhook, expect_handler=expectation)
+    app.router.add_get("/healthz", healthz, expect_handler=expectation)
+    app.router.add_get("/readyz", readyz, expect_handler=expectation)
+    app.router.add_get("/metrics", metrics, expect_handler=expectation)
     app.cleanup_ctx.append(_pipeline)
     return app
 
