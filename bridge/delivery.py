@@ -191,12 +191,13 @@ class Lane:
                     await self.store.release([d.id for d in claim.deliveries[index:]])
                     return
                 outcome: Outcome | None = self._given_up(delivery)
+                attempted = outcome is None
                 if outcome is None:
                     if wait := self.bucket.delay():
                         await asyncio.sleep(wait)
                     async with self.slots:
                         outcome = await self.deliver(delivery)
-                held = await self._conclude(delivery, outcome)
+                held = await self._conclude(delivery, outcome, attempted)
                 if held:  # the head must wait: keep the rest behind it
                     await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
                     return
@@ -226,14 +227,15 @@ class Lane:
             )
         return None
 
-    async def _conclude(self, delivery: Delivery, outcome: Outcome) -> bool:
+    async def _conclude(self, delivery: Delivery, outcome: Outcome, attempted: bool) -> bool:
         """Record the outcome. When the store refuses it, record a plainer one (the attempt
         must count); when that fails too, the attempt is counted here and the error raised."""
         try:
             held = await self.record(delivery, outcome)
         except Exception as exc:
             log.exception("%s: delivery %d: cannot store its outcome", self.name, delivery.id)
-            self.unrecorded[delivery.id] = self.unrecorded.get(delivery.id, 0) + 1
+            if attempted:
+                self.unrecorded[delivery.id] = self.unrecorded.get(delivery.id, 0) + 1
             if isinstance(outcome, Sent):
                 raise
             plain = f"{outcome.code}: the outcome could not be stored ({type(exc).__name__})"
