@@ -28,6 +28,7 @@ from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.server import STORE, create_app
 from bridge.store import DeliveryRow, State, Store
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import (
     FAILED,
@@ -41,6 +42,7 @@ from tests.conftest import (
     generic_destination as generic,
 )
 from tests.fakes.chat_server import Delay, FakeChat, Hang, RecordedRequest, Reply
+from tests.postgres import fresh_database
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
 
@@ -408,6 +410,29 @@ async def test_attempts_count_even_when_the_store_can_record_none_of_them(
     assert dead.last_error.startswith("gave up after 2 attempts"), dead.last_error
     assert "2 of their outcomes could not be stored" in dead.last_error
     assert len(fake_chat.requests_to("/a")) == 2  # given up: not sent a third time
+
+
+async def test_a_chat_answer_postgresql_cannot_store_does_not_jam_the_lane(
+    fake_chat: FakeChat, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    # PostgreSQL text holds no NUL: the error "HTTP 500: <answer>" could not be stored.
+    fake_chat.script("/a", Reply(500, "down\x00"))
+    config = config_for(tmp_path, generic(fake_chat, "a"))
+    async with fresh_database() as url:
+        store = PostgresStore(url)
+        await store.open(serving=True)
+        try:
+            await accept_body(store, build_body(1), ["a"])
+            await accept_body(store, build_body(2), ["a"])
+            async with dispatching(config, store, session):
+                first, second = await wait_rows(store, "sent", 2)
+        finally:
+            await store.close()
+
+    assert first.attempts == 2  # the 500, counted; then sent
+    assert first.last_error == "http_500: the outcome could not be stored (StoreUnavailable)"
+    assert build_ids(fake_chat.requests_to("/a")) == [1, 1, 2]
+    assert second.attempts == 1
 
 
 # --- templates that fail, removed destinations ------------------------------------------------
