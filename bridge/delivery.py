@@ -67,6 +67,18 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+# An error in a dead letter is one line; an exception's text can be a whole build.
+ERROR_TEXT_LIMIT = 300
+
+
+def _describe(exc: BaseException) -> str:
+    """An unexpected exception as one short line of printable text."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[: ERROR_TEXT_LIMIT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ParsedEvents:
     """Stored events parsed, with their template facts: one event often goes to several
     destinations, so the lanes share this (a few hundred events, the most recent)."""
@@ -108,6 +120,8 @@ class Lane:
     # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
     tests: FailedTestsFetcher | None = None
     jobserv: JobservConfig | None = None
+    # Attempts whose outcome the store did not take, by delivery id: they count all the same.
+    unrecorded: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
@@ -179,22 +193,63 @@ class Lane:
                 if self.stopping or not await self._own():
                     await self.store.release([d.id for d in claim.deliveries[index:]])
                     return
-                if wait := self.bucket.delay():
-                    await asyncio.sleep(wait)
-                async with self.slots:
-                    outcome = await self.deliver(delivery)
-                held = await self.record(delivery, outcome)
+                outcome: Outcome | None = self._given_up(delivery)
+                attempted = outcome is None
+                if outcome is None:
+                    if wait := self.bucket.delay():
+                        await asyncio.sleep(wait)
+                    async with self.slots:
+                        outcome = await self.deliver(delivery)
+                held = await self._conclude(delivery, outcome, attempted)
                 if held:  # the head must wait: keep the rest behind it
                     await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
                     return
-        except asyncio.CancelledError:
-            # Stopped past the grace (a reload, a shutdown): give the claims back, or the
-            # lane that a reload starts next would wait for their lease (a minute) to run out.
-            # Briefly: a stuck store must not hold the reload or the shutdown up.
+        except (asyncio.CancelledError, Exception):
+            # Stopped past the grace (a reload, a shutdown), or the store failed: give the
+            # claims back, or this lane (or the one a reload starts next) would wait for their
+            # lease (a minute) to run out. Briefly: a stuck store must not hold anything up.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await self.store.release([d.id for d in claim.deliveries[index:]])
             raise
+
+    def _given_up(self, delivery: Delivery) -> Failed | None:
+        """A delivery whose last outcomes could not be stored, now past its limits: it is not
+        sent again, however often a failing store hands it back."""
+        unrecorded = self.unrecorded.get(delivery.id, 0)
+        if not unrecorded:
+            return None
+        attempts = delivery.attempts + unrecorded
+        age = time.time() - delivery.created_at
+        limit = self.settings.max_attempts
+        if (limit and attempts >= limit) or age >= self.settings.max_age:
+            return Failed(
+                f"gave up after {attempts} attempts over {age:.0f}s;"
+                f" {unrecorded} of their outcomes could not be stored",
+                code="gave_up",
+            )
+        return None
+
+    async def _conclude(self, delivery: Delivery, outcome: Outcome, attempted: bool) -> bool:
+        """Record the outcome. When the store refuses it, record a plainer one (the attempt
+        must count); when that fails too, the attempt is counted here and the error raised."""
+        try:
+            held = await self.record(delivery, outcome)
+        except Exception as exc:
+            log.exception("%s: delivery %d: cannot store its outcome", self.name, delivery.id)
+            if attempted:
+                self.unrecorded[delivery.id] = self.unrecorded.get(delivery.id, 0) + 1
+            if isinstance(outcome, Sent):
+                raise
+            plain = f"{outcome.code}: the outcome could not be stored ({type(exc).__name__})"
+            fallback: Outcome = (
+                Retry(plain, outcome.after, code=outcome.code)
+                if isinstance(outcome, Retry)
+                else Failed(plain, code=outcome.code)
+            )
+            held = await self.record(delivery, fallback)
+        self.unrecorded.pop(delivery.id, None)
+        return held
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -202,6 +257,22 @@ class Lane:
         self.wakeup.clear()
 
     async def deliver(self, delivery: Delivery) -> Outcome:
+        """Render and send one delivery. Whatever goes wrong is its outcome: this never raises
+        (but for a cancellation), so one delivery cannot stop its lane."""
+        try:
+            return await self._render_and_send(delivery)
+        except Exception as exc:
+            log.warning(
+                "delivery %d to %s: unexpected %s",
+                delivery.id,
+                self.name,
+                type(exc).__name__,
+                exc_info=True,
+                extra={"delivery_id": delivery.id, "destination": self.name},
+            )
+            return Failed(f"unexpected error: {_describe(exc)}", code="unexpected")
+
+    async def _render_and_send(self, delivery: Delivery) -> Outcome:
         try:
             build, facts = self.events.get(delivery)
             tests = await self._failed_tests(build)
@@ -220,6 +291,15 @@ class Lane:
             )
         except (TemplateError, NotABuild) as exc:
             return Failed(f"cannot render: {exc}", code="template")
+        except Exception as exc:  # a bug met by this build alone: its outcome, not the lane's
+            log.warning(
+                "delivery %d to %s: cannot render",
+                delivery.id,
+                self.name,
+                exc_info=True,
+                extra={"delivery_id": delivery.id, "destination": self.name},
+            )
+            return Failed(f"cannot render: {_describe(exc)}", code="template")
         body = rendered.body
         if rendered.cut:
             self.metrics.truncations.labels(self.name).inc()
@@ -252,11 +332,14 @@ class Lane:
         assert delivery.transition is not None
         kind = delivery.transition.kind
         key = (self.name, delivery.factory, delivery.trigger)
-        thread = await self.store.thread(*key) if kind in ("still_failing", "fixed") else None
+        try:
+            thread = await self.store.thread(*key) if kind in ("still_failing", "fixed") else None
+        except Exception as exc:  # nothing sent yet: try again later
+            return Retry(f"cannot read the thread: {_describe(exc)}", code="store")
         if thread is None:
             outcome = await self._send(chat.send(body, delivery.id))
             if isinstance(outcome, Sent) and outcome.ref and kind != "passed":
-                await self.store.set_thread(*key, None if kind == "fixed" else outcome.ref)
+                await self._set_thread(key, None if kind == "fixed" else outcome.ref)
             return outcome
         outcome = await self._send(chat.reply(body, delivery.id, thread))
         if isinstance(outcome, Sent):
@@ -264,8 +347,15 @@ class Lane:
             if not isinstance(edited, Sent):  # the reply is out; an edit is not worth a resend
                 log.warning("%s: could not update the thread's first message", self.name)
             if kind == "fixed":
-                await self.store.set_thread(*key, None)
+                await self._set_thread(key, None)
         return outcome
+
+    async def _set_thread(self, key: tuple[str, str, str], ref: str | None) -> None:
+        """The message is out whatever happens here: a lost thread is not worth a resend."""
+        try:
+            await self.store.set_thread(*key, ref)
+        except Exception:
+            log.exception("%s: could not store the thread of %s/%s", self.name, key[1], key[2])
 
     async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
         if self.tests is None or self.jobserv is None:
@@ -275,7 +365,7 @@ class Lane:
     async def record(self, delivery: Delivery, outcome: Outcome) -> bool:
         """Store the outcome; True when the lane must wait for this delivery."""
         now = time.time()
-        attempt = delivery.attempts + 1
+        attempt = delivery.attempts + 1 + self.unrecorded.get(delivery.id, 0)
         where = (
             f"delivery {delivery.id} of event {delivery.event_id}"
             f" ({delivery.factory} #{delivery.build_id}) to {self.name}"

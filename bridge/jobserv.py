@@ -5,12 +5,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
 
 SIGNATURE_HEADER = "X-JobServ-Sig"
 _SIGNATURE = re.compile(r"sha256:\s*([0-9a-fA-F]{64})\s*")
@@ -20,29 +28,57 @@ class NotABuild(ValueError):
     """A signed body that is not a JobServ build; the message is one line."""
 
 
+def _in_utc(moment: datetime) -> datetime:
+    """Naive means UTC: every time the bridge keeps is aware, so any two compare."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC datetime
+        raise ValueError("timestamp is out of range in UTC") from None
+
+
+def _text_or_datetime(value: Any) -> Any:
+    """A timestamp is text, never a number (a JSON number is not what JobServ sends)."""
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("Input should be an ISO 8601 timestamp")
+
+
+# ISO 8601 text (JobServ writes +00:00); a time without an offset is taken as UTC.
+# Not strict: a dict of Python values with text timestamps is a build too.
+UtcDatetime = Annotated[
+    datetime, Strict(False), BeforeValidator(_text_or_datetime), AfterValidator(_in_utc)
+]
+
+# JobServ's types are known: no coercion (`"123"` or `true` is not a build id). Unknown
+# statuses are still plain strings, unknown keys are ignored, `annotation` is anything.
+_JOBSERV_MODEL = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
 class Run(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _JOBSERV_MODEL
 
     name: str
     url: str
     status: str
     log_url: str
     web_url: str | None = None
-    created: datetime | None = None
-    completed: datetime | None = None
+    created: UtcDatetime | None = None
+    completed: UtcDatetime | None = None
     host_tag: str | None = None
     tests: str | None = None
 
 
 class StatusEvent(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _JOBSERV_MODEL
 
-    time: datetime
+    time: UtcDatetime
     status: str
 
 
 class Build(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _JOBSERV_MODEL
 
     # Stored as an SQLite INTEGER: a larger number is not a build, not a server error.
     build_id: int = Field(ge=-(2**63), lt=2**63)
@@ -52,8 +88,8 @@ class Build(BaseModel):
     web_url: str | None = None
     name: str | None = None
     trigger_name: str | None = None
-    created: datetime | None = None
-    completed: datetime | None = None
+    created: UtcDatetime | None = None
+    completed: UtcDatetime | None = None
     status_events: list[StatusEvent] = []
     runs_url: str | None = None
     reason: str | None = None

@@ -14,7 +14,8 @@ import itertools
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -117,8 +118,19 @@ class Intake:
         counts = self.runner.run(self.client.app[STORE].counts())
         return Stored(events, sum(counts.values()))
 
-    def check(self, body: bytes, headers: dict[str, str], validly_signed: bool) -> Answer:
-        """Send; check the answer against the store, and the store against the signature."""
+    def check(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        validly_signed: bool,
+        expected: Collection[int] = (),
+    ) -> Answer:
+        """Send; check the answer against the store, and the store against the signature.
+
+        `expected`: the answers a validly signed body may get, by what the example put in
+        it (202 stands for 200 too: a repeat of an event is answered 200); a body over the
+        limit is always 413.
+        """
         before = self.stored()
         answer = self.post(body, headers)
         after = self.stored()
@@ -127,11 +139,27 @@ class Intake:
             assert after == Stored(before.events + 1, before.deliveries + answer.json["deliveries"])
         else:
             assert after == before, answer
-        if not validly_signed:
-            assert answer.status in (401, 413), answer
+        if len(body) > MAX_BODY:
+            assert answer.status == 413, answer
+        elif not validly_signed:
+            assert answer.status == 401, answer
         else:
-            assert answer.status in (200, 202, 400, 403, 413), answer
+            allowed = set(expected) | ({200} if 202 in expected else set())
+            assert answer.status in allowed, (answer, sorted(allowed))
         return answer
+
+    def all_delivered(self) -> None:
+        """Every delivery of every accepted event ends, sent or dead (a bounded wait)."""
+        deadline = time.monotonic() + 30.0
+        while self.pending():
+            assert time.monotonic() < deadline, f"{self.pending()} deliveries still pending"
+            time.sleep(0.05)
+
+    def pending(self) -> int:
+        (count,) = self.database.execute(
+            "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+        ).fetchone()
+        return int(count)
 
 
 @contextmanager
@@ -197,25 +225,20 @@ json_values = st.recursive(
 valid_timestamps = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 ).map(datetime.isoformat)
-# Mostly factories the source may report, so that many builds get through.
+# Mostly factories the source may report ("andy-corp", "lmp"), so that many builds get
+# through; "zeta" it may not; any text may make any factory, or none.
+ALLOWED_FACTORIES = ["andy-corp/lmp", "lmp"]
 factories = st.one_of(
-    st.just("andy-corp/lmp"), st.just("lmp"), st.just("zeta/lmp") | st.text(max_size=12)
+    st.sampled_from(ALLOWED_FACTORIES), st.just("zeta/lmp") | st.text(max_size=12)
 )
 valid_urls = st.builds(
     "https://api.foundries.io/projects/{}/builds/{}/".format,
     factories,
     st.integers(min_value=1, max_value=10**6),
 )
+REAL_HOSTS = ["api.foundries.io", "ci.foundries.io"]
 # Mostly the real host; sometimes one that URL parsers choke on ("[", ":", "@").
-hosts = st.one_of(
-    st.just("api.foundries.io"), st.just("ci.foundries.io"), st.text(alphabet="[]:@.a1", max_size=8)
-)
-build_urls = st.builds(
-    "https://{}/projects/{}/builds/{}/".format,
-    hosts,
-    factories,
-    st.integers(min_value=1, max_value=10**6),
-)
+hosts = st.one_of(st.sampled_from(REAL_HOSTS), st.text(alphabet="[]:@.a1", max_size=8))
 statuses = st.sampled_from(["PASSED", "FAILED", "RUNNING", "SKIPPED"]) | st.text(max_size=10)
 valid_runs = st.fixed_dictionaries(
     {"name": st.text(max_size=20), "url": valid_urls, "status": statuses, "log_url": valid_urls},
@@ -227,16 +250,21 @@ valid_runs = st.fixed_dictionaries(
         "tests": valid_urls,
     },
 )
+SQLITE_INTEGERS = range(-(2**63), 2**63)
 valid_builds = st.fixed_dictionaries(
     {
         # Mostly what SQLite can hold, sometimes any integer at all.
         "build_id": st.integers(min_value=1, max_value=2**63 - 1) | st.integers(),
-        "url": build_urls,
         "status": statuses,
         "runs": st.lists(valid_runs, max_size=3),
     },
     optional={
-        "web_url": build_urls,
+        "web_url": st.builds(
+            "https://{}/projects/{}/builds/{}/".format,
+            hosts,
+            factories,
+            st.integers(min_value=1, max_value=10**6),
+        ),
         "name": st.text(max_size=20),
         "trigger_name": st.text(max_size=30),
         "created": valid_timestamps,
@@ -261,10 +289,25 @@ BUILD_KEYS += ["trigger_name", "status_events", "runs_url"]
 RUN_KEYS = ["name", "url", "status", "log_url", "web_url", "created", "completed", "tests"]
 
 
+@dataclass(frozen=True)
+class Generated:
+    build: dict[str, Any]
+    expected: frozenset[int]  # the answers what the generator put in allows
+
+
 @st.composite
-def builds(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid build, or one with a few fields removed or given odd values."""
+def builds(draw: st.DrawFn) -> Generated:
+    """A valid build, or one with a few fields removed or given odd values; with the
+    answers that allows: a refusal only for a reason the generator put there."""
     build = draw(valid_builds)
+    host, factory = draw(hosts), draw(factories)
+    build["url"] = f"https://{host}/projects/{factory}/builds/{build['build_id']}/"
+    if host not in REAL_HOSTS or factory not in [*ALLOWED_FACTORIES, "zeta/lmp"]:
+        expected = {202, 400, 403}  # the factory is any, or none (perhaps from web_url)
+    else:
+        expected = {202} if factory in ALLOWED_FACTORIES else {403}
+    if build["build_id"] not in SQLITE_INTEGERS:
+        expected = {400}  # not a build, whoever it is from
     for _ in range(draw(st.integers(min_value=0, max_value=2))):
         target = build
         runs = build.get("runs")
@@ -277,7 +320,10 @@ def builds(draw: st.DrawFn) -> dict[str, Any]:
             target.pop(key, None)
         else:
             target[key] = draw(odd_values)
-    return build
+        expected.add(400)
+        if target is build and key in ("url", "web_url"):
+            expected |= {202, 403}  # another factory, or none
+    return Generated(build, frozenset(expected))
 
 
 @st.composite
@@ -324,9 +370,8 @@ def test_random_bytes_and_headers(tmp_path: Path) -> None:
         def check(body: bytes, signature: str | None, sign_it: bool, extra: dict[str, str]) -> None:
             header = sign(SECRET, body) if sign_it else signature
             headers = {**extra, **({"X-JobServ-Sig": header} if header is not None else {})}
-            answer = intake.check(body, headers, is_valid_signature(header, body))
-            if len(body) > MAX_BODY:
-                assert answer.status == 413
+            # Random bytes are no build (they are not even a JSON object).
+            intake.check(body, headers, is_valid_signature(header, body), expected={400})
 
         check()
 
@@ -341,7 +386,8 @@ def test_random_json_signed_or_not(tmp_path: Path) -> None:
             headers = {"Content-Type": "application/json"}
             if secret is not None:
                 headers["X-JobServ-Sig"] = sign(secret, body)
-            intake.check(body, headers, validly_signed=secret == SECRET)
+            # No JSON value of these has a build's keys.
+            intake.check(body, headers, validly_signed=secret == SECRET, expected={400})
 
         check()
 
@@ -351,11 +397,11 @@ def test_build_shaped_json_signed(tmp_path: Path) -> None:
         seen_events: set[int] = set()
 
         @MANY
-        @given(build=builds(), ascii_only=st.booleans())
-        def check(build: dict[str, Any], ascii_only: bool) -> None:
-            body = json.dumps(build, ensure_ascii=ascii_only).encode()
+        @given(generated=builds(), ascii_only=st.booleans())
+        def check(generated: Generated, ascii_only: bool) -> None:
+            body = json.dumps(generated.build, ensure_ascii=ascii_only).encode()
             headers = {"Content-Type": "application/json", "X-JobServ-Sig": sign(SECRET, body)}
-            answer = intake.check(body, headers, validly_signed=True)
+            answer = intake.check(body, headers, True, generated.expected)
             if answer.status == 202:
                 assert answer.json["event_id"] not in seen_events
                 seen_events.add(answer.json["event_id"])
@@ -363,6 +409,8 @@ def test_build_shaped_json_signed(tmp_path: Path) -> None:
                 assert answer.json["event_id"] in seen_events
 
         check()
+        assert seen_events  # many of the builds were accepted ...
+        intake.all_delivered()  # ... and each was delivered, or failed for good
 
 
 def test_mutated_valid_bodies(tmp_path: Path) -> None:
@@ -376,9 +424,12 @@ def test_mutated_valid_bodies(tmp_path: Path) -> None:
             body = data.draw(mutated(original))
             header = sign(SECRET, body) if resign else sign(SECRET, original)
             validly_signed = resign or body == original
-            intake.check(body, {"X-JobServ-Sig": header}, validly_signed)
+            # A changed letter may make another factory (403), status or event (202).
+            expected = {202} if body == original else {202, 400, 403}
+            intake.check(body, {"X-JobServ-Sig": header}, validly_signed, expected)
 
         check()
+        intake.all_delivered()
 
 
 def test_random_signature_headers_on_a_valid_build(tmp_path: Path) -> None:
@@ -410,7 +461,7 @@ def test_random_signature_headers_on_a_valid_build(tmp_path: Path) -> None:
             valid = is_valid_signature(header, body)
             assert valid == (mangle in ("none", "upper", "spaces"))
 
-            answer = intake.check(body, {"X-JobServ-Sig": header}, valid)
+            answer = intake.check(body, {"X-JobServ-Sig": header}, valid, expected={202})
 
             assert answer.status == (202 if valid else 401), answer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -209,6 +209,100 @@ def test_timestamps_with_microseconds() -> None:
     assert build.completed == expected
     assert build.runs[1].completed == expected
     assert build.status_events[-1].time == expected
+
+
+# -- timestamps: every one aware, in UTC (naive means UTC) ------------------------------
+
+
+def test_a_timestamp_without_an_offset_is_utc() -> None:
+    data = json.loads(fixture_body(FAILED))
+    data["created"] = "2021-07-27T09:02:05"
+    data["runs"][0]["completed"] = "2021-07-27T09:03:20.5"
+    data["status_events"][0]["time"] = "2021-07-27T09:02:05"
+
+    build = parse_build(json.dumps(data).encode())
+
+    assert build.created == datetime(2021, 7, 27, 9, 2, 5, tzinfo=UTC)
+    assert build.runs[0].completed == datetime(2021, 7, 27, 9, 3, 20, 500000, tzinfo=UTC)
+    assert build.status_events[0].time == datetime(2021, 7, 27, 9, 2, 5, tzinfo=UTC)
+
+
+def test_naive_and_aware_timestamps_of_one_build_can_be_compared() -> None:
+    # The field report: `created` without an offset, `completed` with one.
+    build = parse_build(with_changes(FAILED, created="2021-07-27T09:02:05"))
+
+    assert build.completed is not None and build.created is not None
+    assert (build.completed - build.created).total_seconds() == 75
+
+
+def test_other_offsets_are_converted_to_utc() -> None:
+    build = parse_build(with_changes(FAILED, completed="2021-07-27T11:03:20+02:00"))
+
+    assert build.completed == datetime(2021, 7, 27, 9, 3, 20, tzinfo=UTC)
+    assert build.completed.utcoffset() == timedelta(0)
+    assert build.identity == parse_build(fixture_body(FAILED)).identity
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["yesterday", "", "2021-13-01T00:00:00", "0001-01-01T00:00:00+01:00", 1627376525, True],
+    ids=["word", "empty", "month-13", "before-utc-begins", "number", "bool"],
+)
+def test_garbage_timestamps_are_not_builds(stamp: Any) -> None:
+    for changed in (
+        with_changes(FAILED, created=stamp),
+        with_changes(FAILED, status_events=[{"time": stamp, "status": "QUEUED"}]),
+    ):
+        with pytest.raises(NotABuild) as caught:
+            parse_build(changed)
+
+        assert_one_line(caught.value)
+
+
+# -- strict types: what JobServ sends, not what can be coerced into it -------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"build_id": True},
+        {"build_id": "68"},
+        {"build_id": 68.0},
+        {"status": 1},
+        {"trigger_name": 7},
+        {"reason": 3},
+        {"runs_url": False},
+        {"created": 1627376525.0},
+    ],
+    ids=lambda changes: f"{next(iter(changes))}={next(iter(changes.values()))!r}",
+)
+def test_coercible_values_of_the_wrong_type_are_not_builds(changes: dict[str, Any]) -> None:
+    with pytest.raises(NotABuild) as caught:
+        parse_build(with_changes(FAILED, **changes))
+
+    assert_one_line(caught.value)
+    assert next(iter(changes)) in str(caught.value)
+
+
+def test_a_run_name_of_the_wrong_type_is_not_a_build() -> None:
+    data = json.loads(fixture_body(FAILED))
+    data["runs"][0]["name"] = 12
+
+    with pytest.raises(NotABuild, match=r"runs\.0\.name"):
+        parse_build(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize("annotation", [None, "text", 3, [1, "two"], {"any": {"thing": None}}])
+def test_annotation_and_a_null_reason_are_still_anything(annotation: Any) -> None:
+    data = json.loads(fixture_body(FAILED))
+    data["annotation"] = annotation
+    data["reason"] = None
+    data["a_future_key"] = {"nested": [1.5, True]}
+
+    build = parse_build(json.dumps(data).encode())
+
+    assert build.annotation == annotation
+    assert build.reason is None
 
 
 # -- factory, project, trigger ----------------------------------------------------

@@ -18,7 +18,10 @@ def json_bytes(body: Body) -> int:
 
 
 def within_bytes(body: Body, limit: int) -> str | None:
-    size = json_bytes(body)
+    try:
+        size = json_bytes(body)
+    except (ValueError, TypeError, RecursionError) as exc:  # not a JSON document we can send
+        return f"cannot be measured as JSON ({type(exc).__name__})"
     return f"{size} bytes of JSON (limit {limit})" if size > limit else None
 
 
@@ -29,25 +32,22 @@ def over_length(value: Any, limit: int, what: str) -> str | None:
 
 
 def slack_fits(body: Body) -> str | None:
-    """Slack: 50 blocks, 3000 characters a section, 150 a header, about 40k of text."""
+    """Slack: 50 blocks, 3000 characters a section, 150 a header, about 40k of text.
+
+    Like every `fits`, total: any JSON value in, a problem or None out (what is not a
+    list or an object where one is expected is Slack's to refuse, not ours to trip on)."""
     if not isinstance(body, dict):
         return None
-    blocks = body.get("blocks") or []
+    blocks = _list(body.get("blocks"))
     if len(blocks) > 50:
         return f"{len(blocks)} blocks (limit 50)"
-    for index, block in enumerate(blocks):
-        if not isinstance(block, dict):
-            continue
-        text = (
-            (block.get("text") or {}).get("text") if isinstance(block.get("text"), dict) else None
-        )
+    for index, block in enumerate(map(_mapping, blocks)):
+        text = _mapping(block.get("text")).get("text")
         limit = 150 if block.get("type") == "header" else 3000
         if problem := over_length(text, limit, f"blocks[{index}]"):
             return problem
-        for element in block.get("elements") or []:
-            if isinstance(element, dict) and (
-                problem := over_length(element.get("text"), 3000, f"blocks[{index}] element")
-            ):
+        for element in map(_mapping, _list(block.get("elements"))):
+            if problem := over_length(element.get("text"), 3000, f"blocks[{index}] element"):
                 return problem
     return over_length(body.get("text"), 40000, "text")
 
