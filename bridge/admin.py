@@ -56,7 +56,7 @@ from bridge.store import (
     Store,
     StoreUnavailable,
 )
-from bridge.text import plural
+from bridge.text import duration_text, plural
 
 log = logging.getLogger("bridge.admin")
 
@@ -688,21 +688,6 @@ def _totals(hours: list[HourActivity]) -> dict[str, int]:
 # -- formatting for the templates ---------------------------------------------------
 
 
-def format_age(seconds: float | None) -> str:
-    """45s, 3m, 2h 5m, 3d 4h."""
-    if seconds is None:
-        return "–"
-    seconds = max(int(seconds), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
-    if minutes < 60:
-        return f"{minutes}m"
-    if hours < 24:
-        return f"{hours}h {minutes % 60}m" if minutes % 60 else f"{hours}h"
-    return f"{days}d {hours % 24}h" if hours % 24 else f"{days}d"
-
-
 def format_time(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -725,7 +710,7 @@ def _environment(redact: Redactor) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["age"] = format_age
+    environment.filters["age"] = lambda seconds: duration_text(seconds) or "–"
     environment.filters["time"] = format_time
     environment.filters["iso"] = _iso
     environment.globals["plural"] = plural

@@ -31,7 +31,7 @@ from bridge.redact import Redactor
 from bridge.render import TemplateError, context
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
-from bridge.text import plural
+from bridge.text import duration_text, plural
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -297,13 +297,6 @@ def _render(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 async def _outbox(config: Config, args: argparse.Namespace) -> int:
     store: Store = open_store(config.store)
     await store.open(serving=False)
@@ -317,7 +310,7 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
                 build = f"{row.factory} {row.trigger} #{row.build_id} {row.status}"
                 print(
                     f"{row.id:>6} {row.state:7} {row.destination:16} {row.attempts:>5} "
-                    f"{_age(now - row.created_at):>5}  {build}"
+                    f"{duration_text(now - row.created_at):>6}  {build}"
                 )
                 if row.last_error and row.state != "sent":
                     print(f"{'':>6} last error: {row.last_error}")

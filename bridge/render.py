@@ -31,6 +31,7 @@ from bridge.markup import (
     unmention,
 )
 from bridge.policy import History, Transition, transition
+from bridge.text import duration_text
 
 if TYPE_CHECKING:
     from bridge.failed_tests import RunTests
@@ -94,17 +95,6 @@ def fit_lines(lines: Any, limit: int, more: int = 0, what: str = "", separator: 
         if size <= limit:
             return separator.join(lines[:count] + ([tail] if tail else []))
     return ""
-
-
-def duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
