@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
-from bridge.config import Config, DeliveryConfig, JobservConfig
+from bridge.config import Config, DeliveryConfig, JobservConfig, Route
 from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception
 from bridge.redact import Redactor
 from bridge.render import Template, TemplateError, build_context, context
-from bridge.store import Delivery, Store
+from bridge.routing import notify_for
+from bridge.store import Delivery, Store, StoreUnavailable
+from bridge.threads import Draft, Reconcile
 
 log = logging.getLogger("bridge.delivery")
 
@@ -107,6 +110,8 @@ class Lane:
     # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
     tests: FailedTestsFetcher | None = None
     jobserv: JobservConfig | None = None
+    # For a chat that threads: which builds each trigger's routes want (their `notify`).
+    routes: list[Route] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
@@ -199,6 +204,11 @@ class Lane:
         self.wakeup.clear()
 
     async def deliver(self, delivery: Delivery) -> Outcome:
+        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
+            # No route sends this trigger here any more (a replay): a plain message.
+            notify = notify_for(self.routes, self.name, delivery.factory, delivery.trigger)
+            if notify:
+                return await self._threaded(self.chat, delivery, wanted_roles(notify))
         try:
             build, facts = self.events.get(delivery)
             tests = await self._failed_tests(build)
@@ -227,8 +237,6 @@ class Lane:
                 rendered.hidden,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
-        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
-            return await self._threaded(self.chat, delivery, body)
         return await self._send(self.chat.send(body, delivery.id))
 
     async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
@@ -243,26 +251,23 @@ class Lane:
         finally:
             self._send_seconds.observe(time.monotonic() - started)
 
-    async def _threaded(self, chat: ThreadedChat, delivery: Delivery, body: Body) -> Outcome:
-        """Follow-ups go in the thread of the failure that began the streak; its message is
-        then edited to show the latest state. A fix closes the thread."""
-        assert delivery.transition is not None
-        kind = delivery.transition.kind
-        key = (self.name, delivery.factory, delivery.trigger)
-        thread = await self.store.thread(*key) if kind in ("still_failing", "fixed") else None
-        if thread is None:
-            outcome = await self._send(chat.send(body, delivery.id))
-            if isinstance(outcome, Sent) and outcome.ref and kind != "passed":
-                await self.store.set_thread(*key, None if kind == "fixed" else outcome.ref)
-            return outcome
-        outcome = await self._send(chat.reply(body, delivery.id, thread))
-        if isinstance(outcome, Sent):
-            edited = await self._send(chat.update(thread, body))
-            if not isinstance(edited, Sent):  # the reply is out; an edit is not worth a resend
-                log.warning("%s: could not update the thread's first message", self.name)
-            if kind == "fixed":
-                await self.store.set_thread(*key, None)
-        return outcome
+    async def _threaded(
+        self, chat: ThreadedChat, delivery: Delivery, wanted: frozenset[Role]
+    ) -> Outcome:
+        """A chat that threads shows the trigger's incidents: see bridge.threads."""
+        reconcile = Reconcile(chat, self.store, self.name, wanted, self._render, self._send)
+        try:
+            return await reconcile(delivery)
+        except (TemplateError, NotABuild) as exc:
+            return Failed(f"cannot render: {exc}", code="template")
+        except StoreUnavailable as exc:
+            return Retry(f"store: {exc}", code="store")
+
+    async def _render(self, draft: Draft) -> Body:
+        facts = build_context(draft.build, await self._failed_tests(draft.build))
+        fits = CHAT_TYPES[self.settings.type].fits
+        most = self.settings.max_failed_runs
+        return self.template.render_within(draft.context(self.name, facts), fits, most).body
 
     async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
         if self.tests is None or self.jobserv is None:
@@ -363,6 +368,7 @@ class Dispatcher:
                 events=self.events,
                 tests=self.tests,
                 jobserv=config.jobserv,
+                routes=config.routes,
             )
             for name, settings in config.destinations.items()
         }

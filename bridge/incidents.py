@@ -273,7 +273,7 @@ def plan(
     actions: list[Action] = []
     for key, content in desired.items():
         record = held.get(key)
-        if record is None:
+        if record is None or not record.ref:  # no ref: the chat lost it, post it again
             actions.append(Post(key, content))
         elif record.digest != digest(content):
             actions.append(Edit(record, content))
@@ -281,7 +281,7 @@ def plan(
     marks = [
         Edit(record, _mark(record, builds, desired))
         for key, record in sorted(held.items())
-        if key not in desired and record.live
+        if key not in desired and record.live and record.ref
     ]
     order = {"root": 0, "reply": 1, "single": 1}
     actions.sort(key=lambda a: (order[_key(a)[0]], _key(a)[2], _key(a)[1]))

@@ -57,6 +57,10 @@ class ThreadedChat(Chat, Protocol):
         """Replace the message `thread` refers to with `body`."""
         ...
 
+    def text_body(self, text: str) -> Body:
+        """A message of plain text (a message marked as no longer belonging)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ChatType:
@@ -72,6 +76,7 @@ class ChatType:
     body: Literal["json", "text"] = "json"
     template: str = ""
     fits: Fits | None = None
+    threads: bool = False  # a ThreadedChat: incidents live in threads (bridge.threads)
 
     @property
     def template_name(self) -> str:

@@ -48,6 +48,12 @@ class SlackApi:
         channel, ts = thread.split("/", 1)
         return await self._call(self.client.chat_update, channel=channel, ts=ts, **_payload(body))
 
+    def text_body(self, text: str) -> Body:
+        # chat.update keeps a message's blocks unless it is given new ones.
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        section = {"type": "section", "text": {"type": "mrkdwn", "text": escaped}}
+        return {"text": escaped, "blocks": [section]}
+
     async def _call(self, method: Callable[..., Awaitable[Any]], **arguments: Any) -> Outcome:
         try:
             response = await method(**arguments)
@@ -66,4 +72,6 @@ def _payload(body: Body) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"text": body}
 
 
-CHAT = ChatType("slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits)
+CHAT = ChatType(
+    "slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits, threads=True
+)

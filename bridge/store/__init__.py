@@ -164,6 +164,12 @@ class Store(ABC):
         """The bodies of these stored events (those still stored)."""
 
     @abstractmethod
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        """Who the deliveries of these events to `destination` mention (those that do)."""
+
+    @abstractmethod
     async def thread_records(
         self, destination: str, factory: str, trigger: str, window: Window
     ) -> list[Record]:

@@ -657,6 +657,20 @@ class PostgresStore(Store):
 
         return await self._run(work)
 
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        async def work(c: Any) -> dict[int, tuple[str, ...]]:
+            rows = await c.fetch(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = $1"
+                " AND mentions IS NOT NULL AND event_id = ANY($2::bigint[])",
+                destination,
+                event_ids,
+            )
+            return {int(row["event_id"]): tuple(json.loads(row["mentions"])) for row in rows}
+
+        return await self._run(work)
+
     async def thread_records(
         self, destination: str, factory: str, trigger: str, window: Window
     ) -> list[Record]:

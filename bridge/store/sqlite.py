@@ -473,6 +473,20 @@ class SqliteStore(Store):
 
         return await self._call(work)
 
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        def work(c: sqlite3.Connection) -> dict[int, tuple[str, ...]]:
+            marks = ",".join("?" * len(event_ids))
+            rows = c.execute(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = ?"
+                f" AND mentions IS NOT NULL AND event_id IN ({marks})",
+                (destination, *event_ids),
+            )
+            return {int(event): tuple(json.loads(found)) for event, found in rows}
+
+        return await self._call(work)
+
     async def thread_records(
         self, destination: str, factory: str, trigger: str, window: Window
     ) -> list[Record]:

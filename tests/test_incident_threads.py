@@ -1,0 +1,352 @@
+"""Incidents in threaded chats, end to end: signed webhooks to the real app, its SQLite
+store and lanes, slack-sdk's client and the Matrix chat, posting to stateful fakes of a
+Slack workspace and a Matrix homeserver (tests/fakes/threaded_chats.py). Whatever order
+builds arrive in, the channel ends as in-order arrival leaves it.
+
+Headlines are what a channel shows first: a root's header ("andy-corp / containers-devel
+Failing since #4 (1 failed build)") and each reply's ("... #5 PASSED — Fixed").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.config import Config
+from bridge.server import STORE, create_app
+from bridge.store import Store
+from tests.conftest import generic_destination, make_config, signed_headers
+from tests.fakes.chat_server import FakeChat
+from tests.fakes.threaded_chats import FakeMatrix, FakeSlack, subject
+from tests.test_policy import build_body
+from tests.test_policy import settings as quick_settings
+
+WHERE = "andy-corp / containers-devel"
+NOTIFY = ("first_failure", "still_failing", "fixed")
+SLACK_MENTION = "<@U0ONCALL>"
+MATRIX_MENTION = "@oncall:example.org"
+ROOM = "!ci:example.org"
+
+Build = tuple[int, str]  # (build number, status); a repeat of a number is a re-run
+
+
+def config(
+    folder: Path,
+    slack: FakeSlack,
+    matrix: FakeMatrix,
+    notify: Iterable[str] = NOTIFY,
+    extra: str = "",
+) -> Config:
+    wanted = json.dumps(list(notify))
+    return make_config(
+        folder,
+        quick_settings()
+        + f"""
+[[destinations]]
+name = "slack"
+type = "slack-api"
+token = "xoxb-1-2-incidents"
+channel = "#ci-alerts"
+api_url = "{slack.api_url}"
+timeout = "2s"
+rate_limit = 0
+
+[[destinations]]
+name = "matrix"
+type = "matrix"
+homeserver = "{matrix.url}"
+room_id = "{ROOM}"
+token = "matrix-incidents-token"
+timeout = "2s"
+rate_limit = 0
+
+[[routes]]
+notify = {wanted}
+destinations = ["slack"]
+mention = ["{SLACK_MENTION}"]
+
+[[routes]]
+notify = {wanted}
+destinations = ["matrix"]
+mention = ["{MATRIX_MENTION}"]
+"""
+        + extra,
+    )
+
+
+@asynccontextmanager
+async def bridge(config: Config) -> AsyncIterator[TestClient[Any, Any]]:
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(config)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def body(number: int, status: str, completion: int = 0) -> bytes:
+    """Build `number` ending `status`; a later `completion` is a re-run that ended later."""
+    return build_body(
+        number, status, completed=f"2026-01-01T10:{completion:02d}:{number % 60:02d}+00:00"
+    )
+
+
+async def arrive(client: TestClient[Any, Any], builds: Iterable[tuple[int, str, int]]) -> None:
+    """Post each (number, status, completion) as JobServ does, then wait for the lanes."""
+    for number, status, completion in builds:
+        data = body(number, status, completion)
+        response = await client.post("/webhook", data=data, headers=signed_headers(data))
+        assert response.status in (200, 202), await response.text()
+    await drained(client.app[STORE])
+
+
+async def drained(store: Store, limit: float = 20.0) -> None:
+    """Until no delivery is pending; none may be dead."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        counts = await store.counts()
+        if not counts["pending"] or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert counts["pending"] == 0 and counts["dead"] == 0, counts
+
+
+def in_order(builds: Iterable[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+    """Each build once, by number, with its last completion."""
+    last: dict[int, tuple[int, str, int]] = {}
+    for number, status, completion in builds:
+        if number not in last or completion >= last[number][2]:
+            last[number] = (number, status, completion)
+    return [last[n] for n in sorted(last)]
+
+
+def simple(*builds: Build) -> list[tuple[int, str, int]]:
+    return [(number, status, index) for index, (number, status) in enumerate(builds)]
+
+
+def both(slack: FakeSlack, matrix: FakeMatrix) -> tuple[dict[str, Any], dict[str, Any]]:
+    return slack.state(), matrix.state()
+
+
+def slack_view(state: dict[str, frozenset[str]]) -> dict[str, set[str]]:
+    """Headlines without the factory and trigger."""
+    return {
+        head.removeprefix(WHERE + " "): {r.removeprefix(WHERE + " ") for r in replies}
+        for head, replies in state.items()
+    }
+
+
+def matrix_view(state: dict[str, frozenset[str]]) -> dict[str, set[str]]:
+    """Matrix headlines say "<where> #N STATUS — note" and "<where>: <summary>"."""
+    return {
+        head.removeprefix(WHERE + ": ").removeprefix(WHERE + " "): {
+            r.removeprefix(WHERE + " ") for r in replies
+        }
+        for head, replies in state.items()
+    }
+
+
+# -- the cases of the issue ---------------------------------------------------------------
+
+
+async def test_a_late_failure_after_a_newer_pass_is_an_incident_fixed_from_the_start(
+    tmp_path: Path,
+) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            await arrive(client, simple((3, "PASSED"), (5, "PASSED"), (4, "FAILED")))
+
+        expected = {"Fixed by #5 after 1 failed build (#4)": {"#5 PASSED — Fixed"}}
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+        # Old news: no one is mentioned, and the root was never red.
+        assert not any(m.mentioned for m in slack.messages.values())
+        assert not any(e.mentioned for e in matrix.events.values())
+        [root] = slack.top()
+        assert root.edits == 0 and root.text.startswith(":large_green_circle:")
+
+
+async def test_a_late_failure_in_a_closed_incident_is_a_reply_in_its_thread(
+    tmp_path: Path,
+) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            await arrive(client, simple((1, "FAILED"), (3, "PASSED"), (2, "FAILED"), (4, "FAILED")))
+
+        expected = {
+            "Fixed by #3 after 2 failed builds (#1-#2)": {
+                "#2 FAILED — Still failing",
+                "#3 PASSED — Fixed",
+            },
+            "Failing since #4 (1 failed build)": set(),
+        }
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+        assert len(slack.top()) == 2  # no orphan
+
+
+async def test_the_root_keeps_the_first_failed_build_and_follows_the_latest(
+    tmp_path: Path,
+) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            await arrive(client, simple((6, "FAILED"), (8, "FAILED"), (7, "FAILED")))
+            [root] = slack.top()
+            blocks = json.dumps(root.blocks)
+            assert (
+                "First failed build <https://ci.foundries.io/projects/andy-corp/lmp/builds/6|#6>"
+                in blocks
+            )
+            assert (
+                "Latest failed build <https://ci.foundries.io/projects/andy-corp/lmp/builds/8|#8>"
+                in blocks
+            )
+            await arrive(client, simple((9, "PASSED")))
+
+        expected = {
+            "Fixed by #9 after 3 failed builds (#6-#8)": {
+                "#7 FAILED — Still failing",
+                "#8 FAILED — Still failing",
+                "#9 PASSED — Fixed",
+            }
+        }
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+        [root] = slack.top()
+        assert "builds/6|#6>" in json.dumps(root.blocks)  # the first failure stays on top
+
+
+async def test_a_deleted_root_is_posted_again_saying_so(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            await arrive(client, simple((1, "FAILED"), (2, "FAILED")))
+            [root] = slack.top()
+            slack.delete(root.ts)
+            [event] = matrix.top()
+            matrix.redact(event.event_id)
+            await arrive(client, simple((3, "FAILED")))
+
+        deleted = " — the first message of this incident was deleted"
+        expected = {
+            "Failing since #1 (3 failed builds, latest #3)" + deleted: {
+                "#2 FAILED — Still failing",
+                "#3 FAILED — Still failing",
+            }
+        }
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+
+
+async def test_a_chat_that_answers_5xx_is_retried_to_the_same_state(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        slack.fail_next(503, 503)
+        matrix.fail_next(502, 502)
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            await arrive(client, simple((1, "FAILED"), (3, "FAILED"), (2, "FAILED")))
+
+        expected = {
+            "Failing since #1 (3 failed builds, latest #3)": {
+                "#2 FAILED — Still failing",
+                "#3 FAILED — Still failing",
+            }
+        }
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+
+
+async def test_mentions_go_to_news_only(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            builds = simple((2, "FAILED"), (4, "FAILED"), (3, "FAILED"), (1, "FAILED"))
+            await arrive(client, builds)
+
+        # #2 and #4 were news when they arrived; #3 and #1 were late. Each piece of news is
+        # told once, in whichever message first shows it.
+        told = sorted(subject(m.posted) for m in slack.messages.values() if m.mentioned)
+        assert told == [2, 4]
+        pinged = sorted(subject(e.posted) for e in matrix.events.values() if e.mentioned)
+        assert pinged == [2, 4]
+        assert all(e.mentioned == [MATRIX_MENTION] for e in matrix.events.values() if e.mentioned)
+
+
+async def test_a_chat_without_threads_says_a_newer_build_passed(
+    tmp_path: Path, fake_chat: FakeChat
+) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        extra = generic_destination(fake_chat, "plain") + (
+            '\n[[routes]]\nnotify = ["failed", "fixed"]\ndestinations = ["plain"]\n'
+            'mention = ["@oncall"]\n'
+        )
+        async with bridge(config(tmp_path, slack, matrix, extra=extra)) as client:
+            await arrive(client, simple((3, "PASSED"), (5, "PASSED"), (4, "FAILED")))
+
+        [message] = [r.json for r in fake_chat.requests_to("/plain")]
+        assert message["note"] == "New failure after #3 passed; #5 has passed since"
+        assert message["mentions"] == []
+
+
+# -- any order, with repeats and re-runs ----------------------------------------------------
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> list[tuple[int, str, int]]:
+    count = draw(st.integers(1, 6))
+    statuses = st.sampled_from(["FAILED", "FAILED", "PASSED"])
+    completions = [
+        (number, status, index)
+        for number in range(1, count + 1)
+        for index, status in enumerate(draw(st.lists(statuses, min_size=1, max_size=2)))
+    ]
+    repeats = draw(st.lists(st.sampled_from(completions), max_size=2))
+    return draw(st.permutations(completions + repeats))
+
+
+async def final_state(
+    folder: Path, builds: list[tuple[int, str, int]]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(folder, slack, matrix)) as client:
+            await arrive(client, builds)
+        mentioned = [m.posted for m in slack.messages.values() if m.mentioned]
+        return slack.state(), matrix.state(), mentioned
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(arrivals())
+def test_any_arrival_order_leaves_both_chats_as_in_order_arrival_does(
+    tmp_path_factory: Any, builds: list[tuple[int, str, int]]
+) -> None:
+    async def check() -> None:
+        slack, matrix, mentioned = await final_state(tmp_path_factory.mktemp("any"), builds)
+        reference = in_order(builds)
+        slack_in_order, matrix_in_order, _ = await final_state(
+            tmp_path_factory.mktemp("in-order"), reference
+        )
+        assert slack == slack_in_order
+        assert matrix == matrix_in_order
+        # No root says failing when the trigger's newest build passed.
+        if reference[-1][1] == "PASSED":
+            assert not any("Failing since" in head for head in slack)
+        # Mentions are news: a failure newer than every build that arrived before it.
+        news = set()
+        seen: set[int] = set()
+        for number, status, _ in builds:
+            if status == "FAILED" and all(number >= other for other in seen):
+                news.add(number)
+            seen.add(number)
+        assert {subject(headline) for headline in mentioned} <= news
+
+    asyncio.run(check())
