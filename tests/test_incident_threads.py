@@ -22,14 +22,17 @@ from hypothesis import strategies as st
 
 from bridge.config import Config
 from bridge.server import STORE, create_app
-from bridge.store import Store
+from bridge.store import Store, open_store
 from tests.conftest import generic_destination, make_config, signed_headers
 from tests.fakes.chat_server import FakeChat
 from tests.fakes.threaded_chats import FakeMatrix, FakeSlack, subject
+from tests.postgres import fresh_database
+from tests.serve import BridgeProcess, free_port
 from tests.test_policy import build_body
 from tests.test_policy import settings as quick_settings
 
-WHERE = "andy-corp / containers-devel"
+TRIGGER = "containers-devel"
+WHERE = f"andy-corp / {TRIGGER}"
 NOTIFY = ("first_failure", "still_failing", "fixed")
 SLACK_MENTION = "<@U0ONCALL>"
 MATRIX_MENTION = "@oncall:example.org"
@@ -92,11 +95,10 @@ async def bridge(config: Config) -> AsyncIterator[TestClient[Any, Any]]:
         await client.close()
 
 
-def body(number: int, status: str, completion: int = 0) -> bytes:
+def body(number: int, status: str, completion: int = 0, trigger: str = TRIGGER) -> bytes:
     """Build `number` ending `status`; a later `completion` is a re-run that ended later."""
-    return build_body(
-        number, status, completed=f"2026-01-01T10:{completion:02d}:{number % 60:02d}+00:00"
-    )
+    completed = f"2026-01-01T10:{completion:02d}:{number % 60:02d}+00:00"
+    return build_body(number, status, completed=completed, trigger=trigger)
 
 
 async def arrive(client: TestClient[Any, Any], builds: Iterable[tuple[int, str, int]]) -> None:
@@ -294,6 +296,19 @@ async def test_a_chat_without_threads_says_a_newer_build_passed(
         assert message["mentions"] == []
 
 
+async def test_the_same_on_postgresql(tmp_path: Path) -> None:
+    async with fresh_database() as url, FakeSlack() as slack, FakeMatrix() as matrix:
+        shared = config(tmp_path, slack, matrix, extra=f'\n[store]\nurl = "{url}"\n')
+        async with bridge(shared) as client:
+            builds = [(1, "FAILED", 0), (3, "PASSED", 0), (2, "FAILED", 0), (2, "PASSED", 1)]
+            await arrive(client, builds)
+
+        # #2 passed when re-run: #1 is fixed by it, and #3 fixes nothing.
+        expected = {"Fixed by #2 after 1 failed build (#1)": {"#2 PASSED — Fixed"}}
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+
+
 # -- any order, with repeats and re-runs ----------------------------------------------------
 
 
@@ -350,3 +365,82 @@ def test_any_arrival_order_leaves_both_chats_as_in_order_arrival_does(
         assert {subject(headline) for headline in mentioned} <= news
 
     asyncio.run(check())
+
+
+# -- through `jobserv-bridge serve` ----------------------------------------------------------
+
+
+def serve_config(folder: Path, port: int, slack: FakeSlack, matrix: FakeMatrix) -> Path:
+    text = config(folder, slack, matrix).path.read_text()
+    path = folder / "serve.toml"
+    server = f'[server]\nhost = "127.0.0.1"\nport = {port}\nshutdown_timeout = "2s"\n'
+    store = '[store]\npath = "serve.sqlite3"\n[admin]\nenabled = false\n'
+    path.write_text(server + store + text.replace('[server]\nshutdown_timeout = "0.5s"\n', ""))
+    return path
+
+
+def per_trigger(state: dict[str, frozenset[str]]) -> dict[str, dict[str, set[str]]]:
+    """{trigger: {headline: {reply headlines}}}, headlines without the factory and trigger."""
+    found: dict[str, dict[str, set[str]]] = {}
+    for head, replies in state.items():
+        trigger, _, shown = head.removeprefix("andy-corp / ").partition(" ")
+        trigger = trigger.removesuffix(":")
+        found.setdefault(trigger, {})[shown] = {r.split(" ", 3)[3] for r in replies}
+    return found
+
+
+async def test_the_cases_through_jobserv_bridge_serve(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        port = free_port()
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        process = BridgeProcess(serve_config(tmp_path, port, slack, matrix), port, logs)
+        try:
+            await process.start()
+            cases = {
+                "platform-late-fix": [(3, "PASSED"), (5, "PASSED"), (4, "FAILED")],
+                "platform-closed": [(1, "FAILED"), (3, "PASSED"), (2, "FAILED"), (4, "FAILED")],
+                "platform-between": [(6, "FAILED"), (8, "FAILED"), (7, "FAILED")],
+            }
+            for trigger, builds in cases.items():
+                for index, (number, status) in enumerate(builds):
+                    assert await process.post(body(number, status, index, trigger)) == 202
+            await served(tmp_path / "serve.sqlite3")
+            # A user deletes a root; the next failure posts it again, saying so.
+            [root] = [m for m in slack.top() if "platform-between" in m.headline]
+            slack.delete(root.ts)
+            assert await process.post(body(9, "FAILED", 0, "platform-between")) == 202
+            await served(tmp_path / "serve.sqlite3")
+        finally:
+            await process.close()
+
+        deleted = " — the first message of this incident was deleted"
+        between = {f"#{n} FAILED — Still failing" for n in (7, 8, 9)}
+        expected = {
+            "platform-late-fix": {"Fixed by #5 after 1 failed build (#4)": {"#5 PASSED — Fixed"}},
+            "platform-closed": {
+                "Fixed by #3 after 2 failed builds (#1-#2)": {
+                    "#2 FAILED — Still failing",
+                    "#3 PASSED — Fixed",
+                },
+                "Failing since #4 (1 failed build)": set(),
+            },
+            "platform-between": {
+                "Failing since #6 (4 failed builds, latest #9)" + deleted: between
+            },
+        }
+        assert per_trigger(slack.state()) == expected
+        # Matrix kept its root: edited, not posted again.
+        expected["platform-between"] = {"Failing since #6 (4 failed builds, latest #9)": between}
+        assert per_trigger(matrix.state()) == expected
+        assert not any(m.mentioned for m in slack.messages.values() if "#7" in m.posted)
+
+
+async def served(store_path: Path, limit: float = 20.0) -> None:
+    """Until the serve process's outbox has nothing pending; nothing may be dead."""
+    store = open_store(str(store_path))
+    await store.open(serving=False)
+    try:
+        await drained(store, limit)
+    finally:
+        await store.close()

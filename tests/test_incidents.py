@@ -281,3 +281,18 @@ def test_a_rerun_that_fails_merges_two_incidents() -> None:
     marks = sorted(m.content.text for m in chat.messages.values() if isinstance(m.content, Mark))
     # #2's reply (it fixed #1) stays in #1's thread, edited to show it failed.
     assert marks == ["Merged into the incident since #1: see its thread"]
+
+
+def test_a_root_the_chat_lost_is_posted_again_saying_so_with_its_replies() -> None:
+    builds = {1: Seen("FAILED", 10), 2: Seen("FAILED", 20)}
+    # The lane forgot the thread's replies and kept the root without a ref (`threads`).
+    lost = Record("root", 1, 1, "", "gone", reposted=True)
+
+    actions = plan(builds, [lost], INCIDENT_POLICIES)
+
+    root = RootView(Incident((1, 2)), 10, 20, reposted=True)
+    assert actions == [
+        Post(("root", 1, 1), root),
+        Post(("reply", 1, 2), BuildView(2, "FAILED", 20, "still_failing")),
+    ]
+    assert root.summary.endswith("— the first message of this incident was deleted")
