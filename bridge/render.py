@@ -10,7 +10,7 @@ import functools
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -94,6 +94,36 @@ def duration_text(seconds: float | None) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
+def _moment(value: Any) -> datetime | None:
+    """A time from the context (ISO 8601 text or a datetime), in UTC; None if it is none."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def human_time(value: Any) -> str:
+    """To the minute ("2026-11-28 23:23 UTC"), never raw ISO with microseconds."""
+    moment = _moment(value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+
+def slack_date(value: Any) -> str:
+    """Slack shows it in the reader's time zone ("Yesterday at 9:02 AM"); the fallback
+    is `human_time`."""
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    shown = "{date_short_pretty} at {time}"
+    return f"<!date^{int(moment.timestamp())}^{shown}|{human_time(moment)}>"
+
+
 def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
     env = ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
@@ -112,8 +142,14 @@ def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
         markdown=markdown,
         unmention=unmention,
         html=html,
+        human_time=human_time,
     )
-    env.globals.update(slack_link=slack_link, markdown_link=markdown_link, html_link=html_link)
+    env.globals.update(
+        slack_link=slack_link,
+        markdown_link=markdown_link,
+        html_link=html_link,
+        slack_date=slack_date,
+    )
     return env
 
 
