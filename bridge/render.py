@@ -96,16 +96,19 @@ def duration_text(seconds: float | None) -> str:
 
 def _moment(value: Any) -> datetime | None:
     """A time from the context (ISO 8601 text or a datetime), in UTC; None if it is none."""
-    if isinstance(value, str):
+    moment: datetime
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return None
-    if not isinstance(value, datetime):
+    else:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def human_time(value: Any) -> str:
