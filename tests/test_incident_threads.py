@@ -177,6 +177,26 @@ async def test_a_late_failure_after_a_newer_pass_is_an_incident_fixed_from_the_s
         assert root.edits == 0 and root.text.startswith(":large_green_circle:")
 
 
+async def test_the_example_of_the_docs(tmp_path: Path) -> None:
+    """docs/incidents.md: #43 arrives last; the channel ends as in-order arrival leaves it."""
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        async with bridge(config(tmp_path, slack, matrix)) as client:
+            builds = simple((41, "FAILED"), (42, "FAILED"), (44, "PASSED"), (43, "FAILED"))
+            await arrive(client, builds)
+
+        expected = {
+            "Fixed by #44 after 3 failed builds (#41-#43)": {
+                "#42 FAILED — Still failing",
+                "#43 FAILED — Still failing",
+                "#44 PASSED — Fixed",
+            }
+        }
+        assert slack_view(slack.state()) == expected
+        assert matrix_view(matrix.state()) == expected
+        told = sorted(subject(m.posted) for m in slack.messages.values() if m.mentioned)
+        assert told == [41, 42]
+
+
 async def test_a_late_failure_in_a_closed_incident_is_a_reply_in_its_thread(
     tmp_path: Path,
 ) -> None:
