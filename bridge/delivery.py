@@ -255,7 +255,17 @@ class Lane:
         self, chat: ThreadedChat, delivery: Delivery, wanted: frozenset[Role]
     ) -> Outcome:
         """A chat that threads shows the trigger's incidents: see bridge.threads."""
-        reconcile = Reconcile(chat, self.store, self.name, wanted, self._render, self._send)
+        calls = 0
+
+        async def paced(sending: Awaitable[Outcome]) -> Outcome:
+            # The delivery took a token for its first call; each further call takes its own.
+            nonlocal calls
+            if calls and (wait := self.bucket.delay()):
+                await asyncio.sleep(wait)
+            calls += 1
+            return await self._send(sending)
+
+        reconcile = Reconcile(chat, self.store, self.name, wanted, self._render, paced)
         try:
             return await reconcile(delivery)
         except (TemplateError, NotABuild) as exc:

@@ -285,6 +285,20 @@ async def test_a_chat_that_answers_5xx_is_retried_to_the_same_state(tmp_path: Pa
         assert matrix_view(matrix.state()) == expected
 
 
+async def test_every_chat_call_of_a_delivery_keeps_to_the_rate_limit(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, FakeMatrix() as matrix:
+        limited = config(tmp_path, slack, matrix).path.read_text()
+        limited = limited.replace("rate_limit = 0", "rate_limit = 4\nburst = 1", 1)
+        async with bridge(make_config(tmp_path, limited)) as client:
+            await arrive(client, simple((1, "FAILED")))
+            await asyncio.sleep(0.5)  # the bucket is full again
+            slack.times.clear()
+            await arrive(client, simple((2, "FAILED")))  # edits the root, posts a reply
+
+        edit, reply = slack.times
+        assert reply - edit >= 0.2  # a token every 0.25 s, not both calls at once
+
+
 async def test_mentions_go_to_news_only(tmp_path: Path) -> None:
     async with FakeSlack() as slack, FakeMatrix() as matrix:
         async with bridge(config(tmp_path, slack, matrix)) as client:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -58,6 +59,7 @@ class _Server:
         self.port = 0
         self.failures: list[int] = []  # statuses the next calls answer with, in order
         self.calls = 0
+        self.times: list[float] = []  # when each call arrived (time.monotonic())
 
     def app(self) -> web.Application:
         raise NotImplementedError
@@ -88,6 +90,7 @@ class _Server:
 
     def _failure(self) -> web.Response | None:
         self.calls += 1
+        self.times.append(time.monotonic())
         if self.failures:
             return web.json_response({"error": "busy"}, status=self.failures.pop(0))
         return None
