@@ -153,10 +153,13 @@ def transition(build_id: int, status: str, before: History) -> Transition:
                 **later,
             )
         passed_before = previous_status == "PASSED"
-        summary = f"New failure after #{previous} passed" if passed_before else "Failed"
+        if passed_before:
+            summary = f"New failure after #{previous} passed{since}"
+        else:
+            summary = since.removeprefix("; ") or "Failed"
         return Transition(
             "first_failure",
-            summary + since,
+            summary,
             build_id,
             count,
             previous,

@@ -342,6 +342,7 @@ def context(
         "note": change.summary
         if change.kind in ("still_failing", "fixed")
         or (change.kind == "first_failure" and change.previous_status == "PASSED")
+        or change.fixed_by is not None  # a late failure: a newer build passed already
         else "",
         "mentions": list(mentions),
     }

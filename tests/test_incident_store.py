@@ -86,3 +86,17 @@ async def test_a_late_failure_knows_the_builds_above_it(store: Store) -> None:
     assert newest.transition is not None
     assert (newest.transition.later, newest.transition.fixed_by) == (None, None)
     assert newest.transition.summary == "New failure after #9 passed"
+
+
+async def test_a_late_failure_with_nothing_before_it_says_a_newer_build_passed(
+    store: Store,
+) -> None:
+    await accept(store, 5, "PASSED")
+
+    late = await store.accept(event(4), plan([]))
+
+    assert late.transition is not None
+    assert (late.transition.kind, late.transition.summary) == (
+        "first_failure",
+        "#5 has passed since",
+    )

@@ -101,10 +101,12 @@ def body(number: int, status: str, completion: int = 0, trigger: str = TRIGGER) 
     return build_body(number, status, completed=completed, trigger=trigger)
 
 
-async def arrive(client: TestClient[Any, Any], builds: Iterable[tuple[int, str, int]]) -> None:
+async def arrive(
+    client: TestClient[Any, Any], builds: Iterable[tuple[int, str, int]], trigger: str = TRIGGER
+) -> None:
     """Post each (number, status, completion) as JobServ does, then wait for the lanes."""
     for number, status, completion in builds:
-        data = body(number, status, completion)
+        data = body(number, status, completion, trigger)
         response = await client.post("/webhook", data=data, headers=signed_headers(data))
         assert response.status in (200, 202), await response.text()
     await drained(client.app[STORE])
@@ -325,9 +327,14 @@ async def test_a_chat_without_threads_says_a_newer_build_passed(
         async with bridge(config(tmp_path, slack, matrix, extra=extra)) as client:
             await arrive(client, simple((3, "PASSED"), (5, "PASSED"), (4, "FAILED")))
 
-        [message] = [r.json for r in fake_chat.requests_to("/plain")]
-        assert message["note"] == "New failure after #3 passed; #5 has passed since"
-        assert message["mentions"] == []
+            await arrive(client, simple((8, "PASSED"), (7, "FAILED")), trigger="other")
+
+        first, second = [r.json for r in fake_chat.requests_to("/plain")]
+        assert first["note"] == "New failure after #3 passed; #5 has passed since"
+        assert first["mentions"] == []
+        # Nothing known before it: it still says that a newer build passed.
+        assert (second["build_id"], second["note"]) == (7, "#8 has passed since")
+        assert second["mentions"] == []
 
 
 async def test_the_same_on_postgresql(tmp_path: Path) -> None:
