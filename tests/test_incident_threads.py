@@ -199,6 +199,33 @@ async def test_the_example_of_the_docs(tmp_path: Path) -> None:
         assert told == [41, 42]
 
 
+async def test_matrix_threads_and_edits_as_the_spec_says(tmp_path: Path) -> None:
+    async with (
+        FakeSlack() as slack,
+        FakeMatrix() as matrix,
+        bridge(config(tmp_path, slack, matrix)) as client,
+    ):
+        await arrive(client, simple((1, "FAILED")))
+        await arrive(client, simple((2, "FAILED")))
+
+    [root] = matrix.top()
+    [reply] = [e for e in matrix.events.values() if e.thread]
+    # A thread reply, shown as a reply to the root by clients without threads.
+    assert reply.content["m.relates_to"] == {
+        "rel_type": "m.thread",
+        "event_id": root.event_id,
+        "is_falling_back": True,
+        "m.in_reply_to": {"event_id": root.event_id},
+    }
+    assert reply.mentioned == [MATRIX_MENTION]  # #2 was news
+    # The root edited in place: its new content, a starred fallback, and no one pinged again.
+    [edit] = matrix.edit_events
+    assert edit["m.relates_to"] == {"rel_type": "m.replace", "event_id": root.event_id}
+    assert edit["body"] == "* " + edit["m.new_content"]["body"]
+    assert edit["m.mentions"] == {}
+    assert "Failing since #1 (2 failed builds, latest #2)" in root.content["body"]
+
+
 async def test_a_late_failure_in_a_closed_incident_is_a_reply_in_its_thread(
     tmp_path: Path,
 ) -> None:

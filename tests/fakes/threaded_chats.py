@@ -188,6 +188,7 @@ class FakeMatrix(_Server):
         super().__init__()
         self.events: dict[str, MatrixEvent] = {}
         self.transactions: dict[str, str] = {}
+        self.edit_events: list[dict[str, Any]] = []  # every m.replace event, as sent
         self.ids = itertools.count(1)
 
     def app(self) -> web.Application:
@@ -212,6 +213,7 @@ class FakeMatrix(_Server):
         event_id = f"$event{next(self.ids)}"
         self.transactions[txn] = event_id
         if relation.get("rel_type") == "m.replace":
+            self.edit_events.append(content)
             edited = self.events[target]
             edited.content = dict(content["m.new_content"])
             edited.edits += 1
