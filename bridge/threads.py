@@ -132,48 +132,60 @@ class Reconcile:
     ) -> Outcome | None:
         """Sent when every action was carried out; None when a message was gone (plan
         again); else the outcome that stopped it."""
-        where = (self.destination, delivery.factory, delivery.trigger)
         for action in actions:
             body = await self._body(action, delivery)
             if body is None:
                 continue
             if isinstance(action, Post):
-                kind, anchor, number = action.key
-                root = roots.get(anchor)
-                if kind == "reply":
-                    if root is None or not root.ref:
-                        return None  # its root is to be posted again first
-                    sending = self.chat.reply(body, delivery.id, root.ref)
-                else:
-                    sending = self.chat.send(body, delivery.id)
-                outcome = await self.send(sending)
-                if isinstance(outcome, Sent) and outcome.ref:
-                    reposted = isinstance(action.content, RootView) and action.content.reposted
-                    record = Record(
-                        kind, anchor, number, outcome.ref, digest(action.content), reposted
-                    )
-                    await self.store.save_thread_record(*where, record)
-                    if kind == "root":
-                        roots[anchor] = record
-                    continue
-                if kind == "reply" and root is not None and _gone(outcome):
-                    await self._root_gone(delivery, root)
-                    return None
-                return outcome if not isinstance(outcome, Sent) else _no_ref()
-            record = action.record
-            outcome = await self.send(self.chat.update(record.ref, body))
-            if isinstance(outcome, Sent):
-                updated = replace(record, digest=digest(action.content))
-                await self.store.save_thread_record(*where, updated)
-                continue
-            if not _gone(outcome):
-                return outcome
-            if record.kind == "root":
-                await self._root_gone(delivery, record)
+                outcome = await self._post(action, body, delivery, roots)
             else:
-                await self.store.drop_thread_records(*where, [record.key])
-            return None
+                outcome = await self._edit(action, body, delivery)
+            if not isinstance(outcome, Sent):
+                return outcome
         return Sent()
+
+    async def _post(
+        self, action: Post, body: Body, delivery: Delivery, roots: dict[int, Record]
+    ) -> Outcome | None:
+        where = (self.destination, delivery.factory, delivery.trigger)
+        kind, anchor, number = action.key
+        root = roots.get(anchor)
+        if kind != "reply":
+            sending = self.chat.send(body, delivery.id)
+        elif root is not None and root.ref:
+            sending = self.chat.reply(body, delivery.id, root.ref)
+        else:
+            return Sent()  # its root could not be shown (its build is no longer stored)
+        outcome = await self.send(sending)
+        if isinstance(outcome, Sent):
+            if not outcome.ref:
+                return Failed("the chat did not say where it posted the message", code="no_ref")
+            reposted = isinstance(action.content, RootView) and action.content.reposted
+            record = Record(kind, anchor, number, outcome.ref, digest(action.content), reposted)
+            await self.store.save_thread_record(*where, record)
+            if kind == "root":
+                roots[anchor] = record
+            return outcome
+        if kind == "reply" and root is not None and _gone(outcome):
+            await self._root_gone(delivery, root)
+            return None
+        return outcome
+
+    async def _edit(self, action: Edit, body: Body, delivery: Delivery) -> Outcome | None:
+        where = (self.destination, delivery.factory, delivery.trigger)
+        record = action.record
+        outcome = await self.send(self.chat.update(record.ref, body))
+        if isinstance(outcome, Sent):
+            updated = replace(record, digest=digest(action.content))
+            await self.store.save_thread_record(*where, updated)
+            return outcome
+        if not _gone(outcome):
+            return outcome
+        if record.kind == "root":
+            await self._root_gone(delivery, record)
+        else:  # a reply or message deleted in the chat: planned again
+            await self.store.drop_thread_records(*where, [record.key])
+        return None
 
     async def _root_gone(self, delivery: Delivery, root: Record) -> None:
         """Post the root again, saying so; its thread's replies go with it."""
@@ -260,7 +272,3 @@ def _key(action: Post | Edit) -> str:
 
 def _gone(outcome: Outcome) -> bool:
     return isinstance(outcome, Failed) and outcome.code in GONE
-
-
-def _no_ref() -> Outcome:
-    return Failed("the chat did not say where it posted the message", code="no_ref")
