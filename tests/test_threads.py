@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from bridge.config import Config
 from bridge.server import STORE, create_app
 from tests.conftest import make_config
-from tests.fakes.chat_server import FakeChat, RecordedRequest, Reply, SlackApiOk
+from tests.fakes.chat_server import FakeChat, RecordedRequest, Reply, SlackApiError, SlackApiOk
 from tests.test_policy import build_body, post, settings, settled
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
@@ -249,3 +249,29 @@ async def test_a_build_passing_after_a_pass_is_posted_in_the_channel(
     assert is_root(passed)  # no streak, no thread
     assert is_root(broken)
     assert fake_chat.requests_to(UPDATE) == []
+
+
+async def test_a_reply_refused_because_the_root_is_gone_starts_a_new_root_that_says_so(
+    aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
+) -> None:
+    slack_api(fake_chat)
+    fake_chat.script(
+        POST,
+        root_answer(FIRST_ROOT),
+        SlackApiError("thread_not_found"),  # #42's reply: the root was deleted meanwhile
+        root_answer(SECOND_ROOT),
+    )
+    client = await aiohttp_client(create_app(slack_config(tmp_path, fake_chat)))
+    await sent(client, fake_chat, build_body(41), posts=1)
+
+    reply, _ = await sent(client, fake_chat, build_body(42), posts=4, updates=1)
+
+    refused, again = fake_chat.requests_to(POST)[1:3]
+    assert refused.json["thread_ts"] == FIRST_ROOT
+    assert is_root(again)
+    assert (
+        "Failing since #41 (2 failed builds, latest #42) — the first message of this"
+        in (again.json["text"])
+    )
+    assert reply.json["thread_ts"] == SECOND_ROOT and "#42 FAILED" in reply.json["text"]
+    assert await settled(client.app[STORE]) == {"pending": 0, "sent": 2, "dead": 0}
