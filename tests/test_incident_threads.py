@@ -394,10 +394,10 @@ def arrivals(draw: st.DrawFn) -> list[tuple[int, str, int]]:
 
 
 async def final_state(
-    folder: Path, builds: list[tuple[int, str, int]]
+    folder: Path, builds: list[tuple[int, str, int]], notify: Iterable[str] = NOTIFY
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     async with FakeSlack() as slack, FakeMatrix() as matrix:
-        async with bridge(config(folder, slack, matrix)) as client:
+        async with bridge(config(folder, slack, matrix, notify)) as client:
             await arrive(client, builds)
         mentioned = [m.posted for m in slack.messages.values() if m.mentioned]
         return slack.state(), matrix.state(), mentioned
@@ -408,15 +408,16 @@ async def final_state(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(arrivals())
+@given(arrivals(), st.sampled_from([NOTIFY, ("failed", "passed")]))
 def test_any_arrival_order_leaves_both_chats_as_in_order_arrival_does(
-    tmp_path_factory: Any, builds: list[tuple[int, str, int]]
+    tmp_path_factory: Any, builds: list[tuple[int, str, int]], notify: tuple[str, ...]
 ) -> None:
     async def check() -> None:
-        slack, matrix, mentioned = await final_state(tmp_path_factory.mktemp("any"), builds)
+        folder = tmp_path_factory.mktemp("any")
+        slack, matrix, mentioned = await final_state(folder, builds, notify)
         reference = in_order(builds)
         slack_in_order, matrix_in_order, _ = await final_state(
-            tmp_path_factory.mktemp("in-order"), reference
+            tmp_path_factory.mktemp("in-order"), reference, notify
         )
         assert slack == slack_in_order
         assert matrix == matrix_in_order
