@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
-from bridge.config import Config, DeliveryConfig, JobservConfig
+from bridge.config import Config, DeliveryConfig, JobservConfig, Route
 from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_reason
 from bridge.redact import Redactor
 from bridge.render import Template, TemplateError, build_context, context
-from bridge.store import Delivery, Store
+from bridge.routing import notify_for
+from bridge.store import Delivery, Store, StoreUnavailable
 from bridge.text import plural
+from bridge.threads import Draft, Reconcile
 
 log = logging.getLogger("bridge.delivery")
 
@@ -122,6 +125,8 @@ class Lane:
     jobserv: JobservConfig | None = None
     # Attempts whose outcome the store did not take, by delivery id: they count all the same.
     unrecorded: dict[int, int] = field(default_factory=dict)
+    # For a chat that threads: which builds each trigger's routes want (their `notify`).
+    routes: list[Route] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
@@ -273,6 +278,11 @@ class Lane:
             return Failed(f"unexpected error: {_describe(exc)}", code="unexpected")
 
     async def _render_and_send(self, delivery: Delivery) -> Outcome:
+        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
+            # No route sends this trigger here any more (a replay): a plain message.
+            notify = notify_for(self.routes, self.name, delivery.factory, delivery.trigger)
+            if notify:
+                return await self._threaded(self.chat, delivery, wanted_roles(notify))
         try:
             build, facts = self.events.get(delivery)
             tests = await self._failed_tests(build)
@@ -310,8 +320,6 @@ class Lane:
                 rendered.hidden,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
-        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
-            return await self._threaded(self.chat, delivery, body)
         return await self._send(self.chat.send(body, delivery.id))
 
     async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
@@ -326,29 +334,33 @@ class Lane:
         finally:
             self._send_seconds.observe(time.monotonic() - started)
 
-    async def _threaded(self, chat: ThreadedChat, delivery: Delivery, body: Body) -> Outcome:
-        """Follow-ups go in the thread of the failure that began the streak; its message is
-        then edited to show the latest state. A fix closes the thread."""
-        assert delivery.transition is not None
-        kind = delivery.transition.kind
-        key = (self.name, delivery.factory, delivery.trigger)
+    async def _threaded(
+        self, chat: ThreadedChat, delivery: Delivery, wanted: frozenset[Role]
+    ) -> Outcome:
+        """A chat that threads shows the trigger's incidents: see bridge.threads."""
+        calls = 0
+
+        async def paced(sending: Awaitable[Outcome]) -> Outcome:
+            # The delivery took a token for its first call; each further call takes its own.
+            nonlocal calls
+            if calls and (wait := self.bucket.delay()):
+                await asyncio.sleep(wait)
+            calls += 1
+            return await self._send(sending)
+
+        reconcile = Reconcile(chat, self.store, self.name, wanted, self._render, paced)
         try:
-            thread = await self.store.thread(*key) if kind in ("still_failing", "fixed") else None
-        except Exception as exc:  # nothing sent yet: try again later
-            return Retry(f"cannot read the thread: {_describe(exc)}", code="store")
-        if thread is None:
-            outcome = await self._send(chat.send(body, delivery.id))
-            if isinstance(outcome, Sent) and outcome.ref and kind != "passed":
-                await self._set_thread(key, None if kind == "fixed" else outcome.ref)
-            return outcome
-        outcome = await self._send(chat.reply(body, delivery.id, thread))
-        if isinstance(outcome, Sent):
-            edited = await self._send(chat.update(thread, body))
-            if not isinstance(edited, Sent):  # the reply is out; an edit is not worth a resend
-                log.warning("%s: could not update the thread's first message", self.name)
-            if kind == "fixed":
-                await self._set_thread(key, None)
-        return outcome
+            return await reconcile(delivery)
+        except (TemplateError, NotABuild) as exc:
+            return Failed(f"cannot render: {exc}", code="template")
+        except StoreUnavailable as exc:
+            return Retry(f"store: {exc}", code="store")
+
+    async def _render(self, draft: Draft) -> Body:
+        facts = build_context(draft.build, await self._failed_tests(draft.build))
+        fits = CHAT_TYPES[self.settings.type].fits
+        most = self.settings.max_failed_runs
+        return self.template.render_within(draft.context(self.name, facts), fits, most).body
 
     async def _set_thread(self, key: tuple[str, str, str], ref: str | None) -> None:
         """The message is out whatever happens here: a lost thread is not worth a resend."""
@@ -456,6 +468,7 @@ class Dispatcher:
                 events=self.events,
                 tests=self.tests,
                 jobserv=config.jobserv,
+                routes=config.routes,
             )
             for name, settings in config.destinations.items()
         }

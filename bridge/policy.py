@@ -7,7 +7,7 @@ so events that arrive late or twice do not change what an earlier build meant.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 # What a route's `notify` can ask for.
@@ -32,6 +32,10 @@ class Transition:
     failed_count: int = 0  # failed builds in the streak (this one included when it failed)
     previous: int | None = None  # the build just before, if known
     previous_status: str | None = None
+    # Builds above this one that arrived before it: the newest (None: this build is news),
+    # and the passed build that ends this failure's streak.
+    later: int | None = None
+    fixed_by: int | None = None
 
     @property
     def policies(self) -> frozenset[Policy]:
@@ -52,6 +56,8 @@ class Transition:
             "failed_count": self.failed_count,
             "previous": self.previous,
             "previous_status": self.previous_status,
+            "later": self.later,
+            "fixed_by": self.fixed_by,
         }
 
     @classmethod
@@ -68,6 +74,18 @@ class History:
     # The failed builds that end at `previous`: the first one and how many (none: 0).
     streak_since: int | None = None
     streak_count: int = 0
+    # What is known above it: the newest build, the first build above that did not fail
+    # and its status, and how many failed builds lie between (counted up to STREAK_LIMIT).
+    later: int | None = None
+    ended_above: tuple[int, str] | None = None
+    failed_above: int = 0
+
+
+def above(
+    before: History, later: int | None, ended: tuple[int, str] | None, failed: int
+) -> History:
+    """`before` with what a store read of the builds above this one."""
+    return replace(before, later=later, ended_above=ended, failed_above=failed)
 
 
 def history(earlier: Iterable[tuple[int, str]]) -> History:
@@ -115,19 +133,40 @@ def transition(build_id: int, status: str, before: History) -> Transition:
     previous, previous_status = before.previous, before.previous_status
     streak = before.streak_count
     status = status.upper()
+    later = {"later": before.later}
     if status == "FAILED":
+        # A late failure counts the failed builds above it too, by build number; when a
+        # newer build passed already, it says so (a chat that cannot edit cannot do better).
+        count = streak + 1 + before.failed_above
+        ended = before.ended_above
+        fixed_by = ended[0] if ended is not None and ended[1] == "PASSED" else None
+        since = f"; #{fixed_by} has passed since" if fixed_by is not None else ""
         if streak:
             return Transition(
                 "still_failing",
-                f"Still failing since #{before.streak_since} ({_builds(streak + 1)})",
+                f"Still failing since #{before.streak_since} ({_builds(count)}){since}",
                 before.streak_since,
-                streak + 1,
+                count,
                 previous,
                 previous_status,
+                fixed_by=fixed_by,
+                **later,
             )
         passed_before = previous_status == "PASSED"
-        summary = f"New failure after #{previous} passed" if passed_before else "Failed"
-        return Transition("first_failure", summary, build_id, 1, previous, previous_status)
+        if passed_before:
+            summary = f"New failure after #{previous} passed{since}"
+        else:
+            summary = since.removeprefix("; ") or "Failed"
+        return Transition(
+            "first_failure",
+            summary,
+            build_id,
+            count,
+            previous,
+            previous_status,
+            fixed_by=fixed_by,
+            **later,
+        )
     if status == "PASSED":
         if streak:
             span = f"#{before.streak_since}" + (f"-#{previous}" if streak > 1 else "")
@@ -138,6 +177,7 @@ def transition(build_id: int, status: str, before: History) -> Transition:
                 streak,
                 previous,
                 previous_status,
+                **later,
             )
-        return Transition("passed", "Passed", None, 0, previous, previous_status)
-    return Transition("other", status.capitalize(), None, 0, previous, previous_status)
+        return Transition("passed", "Passed", None, 0, previous, previous_status, **later)
+    return Transition("other", status.capitalize(), None, 0, previous, previous_status, **later)

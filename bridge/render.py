@@ -10,7 +10,7 @@ import functools
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -97,6 +97,39 @@ def fit_lines(lines: Any, limit: int, more: int = 0, what: str = "", separator: 
     return ""
 
 
+def _moment(value: Any) -> datetime | None:
+    """A time from the context (ISO 8601 text or a datetime), in UTC; None if it is none."""
+    moment: datetime
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def human_time(value: Any) -> str:
+    """To the minute ("2026-11-28 23:23 UTC"), never raw ISO with microseconds."""
+    moment = _moment(value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+
+def slack_date(value: Any) -> str:
+    """Slack shows it in the reader's time zone ("Yesterday at 9:02 AM"); the fallback
+    is `human_time`."""
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    shown = "{date_short_pretty} at {time}"
+    return f"<!date^{int(moment.timestamp())}^{shown}|{human_time(moment)}>"
+
+
 def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
     env = ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
@@ -116,8 +149,14 @@ def _environment(kind: Literal["json", "text"]) -> jinja2.Environment:
         unmention=unmention,
         safe_url=safe_url,
         html=html,
+        human_time=human_time,
     )
-    env.globals.update(slack_link=slack_link, markdown_link=markdown_link, html_link=html_link)
+    env.globals.update(
+        slack_link=slack_link,
+        markdown_link=markdown_link,
+        html_link=html_link,
+        slack_date=slack_date,
+    )
     return env
 
 
@@ -310,6 +349,7 @@ def context(
         "note": change.summary
         if change.kind in ("still_failing", "fixed")
         or (change.kind == "first_failure" and change.previous_status == "PASSED")
+        or change.fixed_by is not None  # a late failure: a newer build passed already
         else "",
         "mentions": list(mentions),
     }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from bridge.config import Route
 from bridge.jobserv import Build
-from bridge.policy import Transition
+from bridge.policy import Policy, Transition
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ def explain(routes: list[Route], build: Build, transition: Transition) -> list[R
     return results
 
 
-def _mentions(route: Route, build: Build) -> list[str]:
-    if build.status.upper() != "FAILED":
+def _mentions(route: Route, build: Build, transition: Transition) -> list[str]:
+    """Who to tell of a failure that is news: the newest build of its trigger on arrival."""
+    if build.status.upper() != "FAILED" or transition.later is not None:
         return []
     found = list(route.mention)
     failed = [run.name for run in build.runs if run.status == "FAILED"]
@@ -57,16 +59,49 @@ def _mentions(route: Route, build: Build) -> list[str]:
     return found
 
 
-def targets(routes: list[Route], build: Build, transition: Transition) -> list[Target]:
+def targets(
+    routes: list[Route],
+    build: Build,
+    transition: Transition,
+    threaded: Collection[str] = (),
+) -> list[Target]:
     """Every matching route contributes; each destination appears once, in route order,
-    with the mentions of every route that chose it."""
+    with the mentions of every route that chose it.
+
+    A `threaded` destination (one that keeps incidents in threads) gets every failed or
+    passed build of the triggers its routes follow: a late build can change what the
+    builds around it mean, and its lane decides what the chat shows.
+    """
     chosen: dict[str, dict[str, None]] = {}
     for match in explain(routes, build, transition):
+        route = routes[match.index]
         if match.matched:
-            route = routes[match.index]
             for name in route.destinations:
-                chosen.setdefault(name, {}).update(dict.fromkeys(_mentions(route, build)))
+                found = _mentions(route, build, transition)
+                chosen.setdefault(name, {}).update(dict.fromkeys(found))
+        elif threaded and build.status.upper() in ("FAILED", "PASSED") and _follows(route, build):
+            for name in route.destinations:
+                if name in threaded:
+                    chosen.setdefault(name, {})
     return [Target(name, tuple(mentions)) for name, mentions in chosen.items()]
+
+
+def _follows(route: Route, build: Build) -> bool:
+    return _any_glob(route.factories, build.factory) and _any_glob(
+        route.triggers, build.trigger_name or ""
+    )
+
+
+def notify_for(routes: list[Route], destination: str, factory: str, trigger: str) -> set[Policy]:
+    """The `notify` policies of every route that sends (factory, trigger) to `destination`."""
+    return {
+        policy
+        for route in routes
+        if destination in route.destinations
+        and _any_glob(route.factories, factory)
+        and _any_glob(route.triggers, trigger)
+        for policy in route.notify
+    }
 
 
 def destinations_for(routes: list[Route], build: Build, transition: Transition) -> list[str]:

@@ -167,8 +167,11 @@ async def _intake(request: web.Request) -> web.Response:
     if not source.may_report(build.factory):
         return _error(403, f'source "{source.name}" may not report factory "{build.factory}"')
 
+    threaded = {n for n, d in config.destinations.items() if CHAT_TYPES[d.type].threads}
+
     def plan(change: Transition) -> list[tuple[str, tuple[str, ...]]]:
-        return [(t.destination, t.mentions) for t in targets(config.routes, build, change)]
+        chosen = targets(config.routes, build, change, threaded)
+        return [(t.destination, t.mentions) for t in chosen]
 
     event = new_event(build, body)
     try:

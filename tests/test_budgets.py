@@ -25,11 +25,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.chats import CHAT_TYPES
+from bridge.incidents import Incident, root_summary
 from bridge.jobserv import Build
 from bridge.markup import clean
 from bridge.outcome import Sent
-from bridge.render import Rendered, context, default_template
+from bridge.render import Rendered, build_context, context, default_template
 from bridge.store.sqlite import SqliteStore
+from bridge.threads import Draft
 from tests.fakes.chat_server import FakeChat
 from tests.test_chats_more import (
     CASES,
@@ -451,3 +453,37 @@ async def test_a_message_within_limits_is_not_counted_as_cut(
         "jobserv_bridge_truncations_total", {"destination": DESTINATION}
     )
     assert not counted
+
+
+# --- an incident's root: the first and the latest failed build in one message -------------
+
+
+@pytest.mark.parametrize("chat_type", ["slack-api", "matrix"])
+def test_an_incident_root_of_huge_builds_stays_within_the_chats_limits(chat_type: str) -> None:
+    names = ["build-" + "x" * 180 + "<&>*_`", "test-<b>&amp;</b>-*bold*"]
+    first = make_build(300, 5, names, ["aarch64" * 20], reason="<&>" * 5_000, build_id=41)
+    latest = make_build(300, 5, names, [None], reason="\n".join(["r" * 400] * 50), build_id=43)
+    incident = Incident((41, 42, 43))
+    draft = Draft(
+        latest,
+        1,
+        root_summary(incident),
+        {
+            "summary": root_summary(incident),
+            "failing": True,
+            "fixed_by": None,
+            "count": incident.count,
+            "failed_builds": list(incident.failed),
+            "reposted": False,
+            "first": build_context(first),
+            "latest": build_context(latest),
+        },
+    )
+    chat = CHAT_TYPES[chat_type]
+    template = default_template(chat.template_name, chat.body)
+
+    rendered = template.render_within(draft.context(DESTINATION, build_context(latest)), chat.fits)
+
+    assert chat.fits is not None and chat.fits(rendered.body) is None
+    assert rendered.hidden < 300
+    assert "Failing since #41 (3 failed builds, latest #43)" in json.dumps(rendered.body)

@@ -150,6 +150,8 @@ async def test_a_first_failure_with_no_history_is_a_plain_failure(
         "failed_count": 1,
         "previous": None,
         "previous_status": None,
+        "later": None,
+        "fixed_by": None,
     }
     # Nothing is known before it: the status says it all.
     assert message["note"] == ""

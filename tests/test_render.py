@@ -333,15 +333,45 @@ def test_a_long_multi_line_reason_shows_only_its_first_line_shortened() -> None:
     assert document["reason"].endswith("…")
     assert len(document["reason"]) <= REASON_LIMIT
 
-    slack_texts = "\n".join(mrkdwn_texts(render_dict(SLACK, build)))
+    slack = render_dict(SLACK, build)
+    summary = slack["blocks"][1]["text"]["text"]
     console = render(CONSOLE, build)
     assert isinstance(console, str)
-    for text in (json.dumps(document), slack_texts, console):
+    for text in (json.dumps(document), summary, console):
         assert "Signed-off-by" not in text
         assert "more details here" not in text
         assert "at the end" not in text
-    assert shown_first in slack_texts
+    assert shown_first in summary
     assert shown_first in console
+    # Slack and Matrix also show the whole reason, folded: a block of its own, <details>.
+    [whole] = [t for t in mrkdwn_texts(slack) if t.startswith("```")]
+    assert "Signed-off-by: Someone &lt;someone@example.com&gt;\n\nmore details here" in whole
+    matrix = render_dict(default_template("matrix.j2", "json"), build)
+    assert "<details><summary>The whole reason</summary><pre>" in matrix["formatted_body"]
+    assert "more details here</pre></details>" in matrix["formatted_body"]
+
+
+def test_times_are_human_and_runs_say_how_long_they_took() -> None:
+    build = failed_build()
+    slack = json.dumps(render_dict(SLACK, build))
+    matrix = render_dict(default_template("matrix.j2", "json"), build)
+
+    assert "2021-07-27T09:03:20" not in slack + json.dumps(matrix)
+    # Slack shows the time in the reader's zone, "2021-07-27 09:03 UTC" where it cannot.
+    assert "<!date^1627376600^{date_short_pretty} at {time}|2021-07-27 09:03 UTC>" in slack
+    assert "completed 2021-07-27 09:03 UTC" in matrix["body"]
+    assert "FAILED on armhf in 45s" in slack
+    assert " in 45s" in matrix["body"]
+
+
+def test_the_annotation_is_shown_when_present() -> None:
+    build = failed_build().model_copy(update={"annotation": "flaky <runner> on armhf"})
+    slack = mrkdwn_texts(render_dict(SLACK, build))
+    matrix = render_dict(default_template("matrix.j2", "json"), build)
+
+    assert ":memo: flaky &lt;runner&gt; on armhf" in slack
+    assert "📝 flaky &lt;runner&gt; on armhf" in matrix["formatted_body"]
+    assert "📝" not in json.dumps(render_dict(SLACK, failed_build()))
 
 
 def test_a_reason_after_blank_lines_shows_its_first_non_blank_line() -> None:

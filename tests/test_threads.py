@@ -1,10 +1,11 @@
-"""Slack threads: a failing streak lives in the thread of its first failure.
+"""Slack threads: an incident lives in the thread of its root message.
 
 The real app posts through slack-sdk to a fake Slack Web API (`chat.postMessage`,
-`chat.update`). The first failure is posted to the channel; follow-ups (still failing,
-fixed) are replies in its thread, and the first message is then edited to show the latest
-state; a fix closes the thread, and the next failure starts a new one. The thread is kept
-in the SQLite store, so this holds across restarts.
+`chat.update`). An incident's root is posted to the channel and edited to show the
+incident (first failed build, latest, count, fixed by); later builds are replies in its
+thread; a fix closes it, and the next failure starts a new one. The records are kept in
+the SQLite store, so this holds across restarts. (Any arrival order: see
+tests/test_incident_threads.py.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from bridge.config import Config
 from bridge.server import STORE, create_app
 from tests.conftest import make_config
-from tests.fakes.chat_server import FakeChat, RecordedRequest, Reply, SlackApiOk
+from tests.fakes.chat_server import FakeChat, RecordedRequest, Reply, SlackApiError, SlackApiOk
 from tests.test_policy import build_body, post, settings, settled
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
@@ -85,7 +86,7 @@ def is_root(message: RecordedRequest) -> bool:
     return "thread_ts" not in message.json
 
 
-async def test_a_streak_is_one_thread_whose_first_message_shows_the_latest_state(
+async def test_a_streak_is_one_thread_whose_first_message_shows_the_incident(
     aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
 ) -> None:
     slack_api(fake_chat)
@@ -98,31 +99,33 @@ async def test_a_streak_is_one_thread_whose_first_message_shows_the_latest_state
     assert is_root(root)
     assert root.json["channel"] == CHANNEL_NAME
     assert root.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert "#41 FAILED" in root.json["text"]
+    assert "Failing since #41 (1 failed build)" in root.json["text"]
     # The follow-up: a reply in the first failure's thread, in the channel Slack named.
     assert (still.json["channel"], still.json["thread_ts"]) == (CHANNEL_ID, FIRST_ROOT)
-    assert "#42 FAILED — Still failing since #41 (2 failed builds)" in still.json["text"]
-    # Then the first message is edited to say the same (chat.update needs the channel id).
+    assert "#42 FAILED — Still failing" in still.json["text"]
+    # The first message is edited to show the incident (chat.update needs the channel id),
+    # and keeps its first failed build.
     [edit] = edits
     assert (edit.json["channel"], edit.json["ts"]) == (CHANNEL_ID, FIRST_ROOT)
-    assert edit.json["text"] == still.json["text"]
-    assert edit.json["blocks"] == still.json["blocks"]
+    assert "Failing since #41 (2 failed builds, latest #42)" in edit.json["text"]
+    assert "builds/41|#41>" in json.dumps(edit.json["blocks"])
     assert edit.headers["Authorization"] == f"Bearer {TOKEN}"
 
     fixed, edits = await sent(client, fake_chat, build_body(43, "PASSED"), posts=3, updates=2)
 
     assert (fixed.json["channel"], fixed.json["thread_ts"]) == (CHANNEL_ID, FIRST_ROOT)
-    assert "#43 PASSED — Fixed after 2 failed builds (#41-#42)" in fixed.json["text"]
-    assert (edits[-1].json["ts"], edits[-1].json["text"]) == (FIRST_ROOT, fixed.json["text"])
+    assert "#43 PASSED — Fixed" in fixed.json["text"]
+    assert edits[-1].json["ts"] == FIRST_ROOT
+    assert "Fixed by #43 after 2 failed builds (#41-#42)" in edits[-1].json["text"]
 
-    # The fix closed the thread: the next failure starts a new one.
+    # The fix closed the incident: the next failure starts a new one.
     fake_chat.script(POST, root_answer(SECOND_ROOT))
     broken, _ = await sent(client, fake_chat, build_body(44), posts=4)
     again, edits = await sent(client, fake_chat, build_body(45), posts=5, updates=3)
 
     assert is_root(broken)
     assert broken.json["channel"] == CHANNEL_NAME
-    assert "#44 FAILED — New failure after #43 passed" in broken.json["text"]
+    assert "Failing since #44 (1 failed build)" in broken.json["text"]
     assert again.json["thread_ts"] == SECOND_ROOT
     assert edits[-1].json["ts"] == SECOND_ROOT
     await settled(client.app[STORE])
@@ -156,7 +159,7 @@ async def test_threads_outlive_the_app(
     assert is_root(broken)  # the closed thread stayed closed
 
 
-async def test_a_failed_edit_does_not_send_the_reply_again(
+async def test_a_failed_edit_is_retried_and_the_reply_posted_once(
     aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
 ) -> None:
     slack_api(fake_chat)
@@ -165,15 +168,15 @@ async def test_a_failed_edit_does_not_send_the_reply_again(
     client = await aiohttp_client(create_app(slack_config(tmp_path, fake_chat)))
     await sent(client, fake_chat, build_body(41), posts=1)
 
-    await sent(client, fake_chat, build_body(42), posts=2, updates=1)
-    later, edits = await sent(client, fake_chat, build_body(43), posts=3, updates=2)
+    await sent(client, fake_chat, build_body(42), posts=2, updates=2)
+    later, edits = await sent(client, fake_chat, build_body(43), posts=3, updates=3)
 
     # Each lane sends in order: a resend of #42's reply would have come before #43's.
     texts = [r.json["text"] for r in fake_chat.requests_to(POST)]
     assert ["#41 " in texts[0], "#42 " in texts[1], "#43 " in texts[2]] == [True] * 3
     assert later.json["thread_ts"] == FIRST_ROOT
-    assert [e.json["ts"] for e in edits] == [FIRST_ROOT, FIRST_ROOT]
-    assert "#43 FAILED" in edits[-1].json["text"]  # the next edit catches up
+    assert [e.json["ts"] for e in edits] == [FIRST_ROOT] * 3  # the refused edit, again, next
+    assert "3 failed builds, latest #43" in edits[-1].json["text"]
     assert await settled(client.app[STORE]) == {"pending": 0, "sent": 3, "dead": 0}
 
 
@@ -217,15 +220,16 @@ async def test_a_streak_first_announced_as_still_failing_opens_the_thread(
     fake_chat.script(POST, root_answer(FIRST_ROOT))
     config = slack_config(tmp_path, fake_chat, notify=("still_failing", "fixed"))
     client = await aiohttp_client(create_app(config))
-    quiet = await post(client, build_body(41))  # a first failure: not for this route
+    await post(client, build_body(41))  # a first failure: not for this route
 
-    opening, _ = await sent(client, fake_chat, build_body(42), posts=1)
-    still, _ = await sent(client, fake_chat, build_body(43), posts=2, updates=1)
-    fixed, edits = await sent(client, fake_chat, build_body(44, "PASSED"), posts=3, updates=2)
+    opening, _ = await sent(client, fake_chat, build_body(42), posts=2)
+    still, _ = await sent(client, fake_chat, build_body(43), posts=3, updates=1)
+    fixed, edits = await sent(client, fake_chat, build_body(44, "PASSED"), posts=4, updates=2)
 
-    assert quiet["deliveries"] == 0
-    assert is_root(opening)
-    assert "Still failing since #41 (2 failed builds)" in opening.json["text"]
+    root = fake_chat.requests_to(POST)[0]
+    assert is_root(root)
+    assert "Failing since #41 (2 failed builds, latest #42)" in root.json["text"]
+    assert opening.json["thread_ts"] == FIRST_ROOT and "#42 FAILED" in opening.json["text"]
     assert still.json["thread_ts"] == fixed.json["thread_ts"] == FIRST_ROOT
     assert [e.json["ts"] for e in edits] == [FIRST_ROOT, FIRST_ROOT]
 
@@ -245,3 +249,29 @@ async def test_a_build_passing_after_a_pass_is_posted_in_the_channel(
     assert is_root(passed)  # no streak, no thread
     assert is_root(broken)
     assert fake_chat.requests_to(UPDATE) == []
+
+
+async def test_a_reply_refused_because_the_root_is_gone_starts_a_new_root_that_says_so(
+    aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
+) -> None:
+    slack_api(fake_chat)
+    fake_chat.script(
+        POST,
+        root_answer(FIRST_ROOT),
+        SlackApiError("thread_not_found"),  # #42's reply: the root was deleted meanwhile
+        root_answer(SECOND_ROOT),
+    )
+    client = await aiohttp_client(create_app(slack_config(tmp_path, fake_chat)))
+    await sent(client, fake_chat, build_body(41), posts=1)
+
+    reply, _ = await sent(client, fake_chat, build_body(42), posts=4, updates=1)
+
+    refused, again = fake_chat.requests_to(POST)[1:3]
+    assert refused.json["thread_ts"] == FIRST_ROOT
+    assert is_root(again)
+    assert (
+        "Failing since #41 (2 failed builds, latest #42) — the first message of this"
+        in (again.json["text"])
+    )
+    assert reply.json["thread_ts"] == SECOND_ROOT and "#42 FAILED" in reply.json["text"]
+    assert await settled(client.app[STORE]) == {"pending": 0, "sent": 2, "dead": 0}

@@ -29,13 +29,18 @@ def delivery_key(delivery_id: int, body: Body) -> str:
     digest keeps the ids of a new, empty store (whose delivery ids start at 1 again) apart
     from the old ones, which a receiver may still remember.
     """
+    return message_key(str(delivery_id), body)
+
+
+def message_key(kind: str, body: Body) -> str:
+    """`jobserv-bridge-<kind>-<digest of body>`: the same body gets the same key."""
     data = (
         body
         if isinstance(body, str)
         else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     )
     digest = hashlib.sha256(data.encode()).hexdigest()[:16]
-    return f"jobserv-bridge-{delivery_id}-{digest}"
+    return f"jobserv-bridge-{kind}-{digest}"
 
 
 class DestinationSettings(BaseModel):
@@ -76,6 +81,10 @@ class ThreadedChat(Chat, Protocol):
         """Replace the message `thread` refers to with `body`."""
         ...
 
+    def text_body(self, text: str) -> Body:
+        """A message of plain text (a message marked as no longer belonging)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ChatType:
@@ -91,6 +100,7 @@ class ChatType:
     body: Literal["json", "text"] = "json"
     template: str = ""
     fits: Fits | None = None
+    threads: bool = False  # a ThreadedChat: incidents live in threads (bridge.threads)
 
     @property
     def template_name(self) -> str:

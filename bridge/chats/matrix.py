@@ -14,10 +14,10 @@ import aiohttp
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key
+from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key, message_key
 from bridge.chats.limits import matrix_fits
 from bridge.chats.webhook import Answer, send_json
-from bridge.outcome import Outcome, from_http
+from bridge.outcome import Outcome, Sent, from_http
 
 
 class MatrixSettings(DestinationSettings):
@@ -61,12 +61,52 @@ class Matrix:
         self.headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
 
     async def send(self, body: Body, delivery_id: int) -> Outcome:
-        content = body if isinstance(body, dict) else {"msgtype": "m.notice", "body": body}
-        txn = quote(transaction_id(delivery_id, content), safe="")
-        url = URL(self.rooms_url + txn, encoded=True)
+        content = _content(body)
+        return await self._put(content, transaction_id(delivery_id, content))
+
+    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+        """A reply in the thread of event `thread` (an `m.thread` relation), shown as a
+        reply to it by clients that know no threads."""
+        relation = {
+            "rel_type": "m.thread",
+            "event_id": thread,
+            "is_falling_back": True,
+            "m.in_reply_to": {"event_id": thread},
+        }
+        content = {**_content(body), "m.relates_to": relation}
+        return await self._put(content, transaction_id(delivery_id, content))
+
+    async def update(self, thread: str, body: Body) -> Outcome:
+        """An edit of event `thread` (an `m.replace` relation): its new content, and a
+        fallback starred text; no one is mentioned again."""
+        new = _content(body)
+        content: dict[str, Any] = {
+            **new,
+            "body": "* " + str(new.get("body", "")),
+            "m.new_content": new,
+            "m.mentions": {},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": thread},
+        }
+        if "formatted_body" in new:
+            content["formatted_body"] = "* " + str(new["formatted_body"])
+        return await self._put(content, message_key("edit", content))
+
+    def text_body(self, text: str) -> Body:
+        return {"msgtype": "m.notice", "body": text}
+
+    async def _put(self, content: dict[str, Any], txn: str) -> Outcome:
+        url = URL(self.rooms_url + quote(txn, safe=""), encoded=True)
         answer = await send_json(self.session, url, content, method="PUT", headers=self.headers)
         after = retry_after(answer) if answer.status == 429 else None
-        return from_http(answer.status, answer.headers, answer.text, retry_after=after)
+        outcome = from_http(answer.status, answer.headers, answer.text, retry_after=after)
+        event_id = answer.json().get("event_id")
+        if isinstance(outcome, Sent) and isinstance(event_id, str):
+            return Sent(ref=event_id)
+        return outcome
 
 
-CHAT = ChatType("matrix", MatrixSettings, Matrix, fits=matrix_fits)
+def _content(body: Body) -> dict[str, Any]:
+    return body if isinstance(body, dict) else {"msgtype": "m.notice", "body": body}
+
+
+CHAT = ChatType("matrix", MatrixSettings, Matrix, fits=matrix_fits, threads=True)

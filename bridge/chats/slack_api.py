@@ -43,6 +43,12 @@ class SlackApi:
         channel, ts = thread.split("/", 1)
         return await self._call("chat_update", channel=channel, ts=ts, **_payload(body))
 
+    def text_body(self, text: str) -> Body:
+        # chat.update keeps a message's blocks unless it is given new ones.
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        section = {"type": "section", "text": {"type": "mrkdwn", "text": escaped}}
+        return {"text": escaped, "blocks": [section]}
+
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[AsyncWebClient]:
         async with capped_session(self.session) as session:
@@ -84,4 +90,6 @@ def _payload(body: Body) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"text": body}
 
 
-CHAT = ChatType("slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits)
+CHAT = ChatType(
+    "slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits, threads=True
+)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from bridge.incidents import Key, Record, Window
 from bridge.policy import Transition
 
 if TYPE_CHECKING:
@@ -166,6 +167,41 @@ class Store(ABC):
         self, destination: str, factory: str, trigger: str, thread: str | None
     ) -> None:
         """Open (or move) the thread for (factory, trigger); None closes it."""
+
+    # -- incidents: a trigger's builds around one, and a threaded destination's messages --
+
+    @abstractmethod
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        """The builds whose incidents `build_id`'s arrival can change (see `Window`), each
+        with its status and the newest stored event that gave that status."""
+
+    @abstractmethod
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        """The bodies of these stored events (those still stored)."""
+
+    @abstractmethod
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        """Who the deliveries of these events to `destination` mention (those that do)."""
+
+    @abstractmethod
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        """The destination's messages about (factory, trigger) that `window` covers."""
+
+    @abstractmethod
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        """Keep (or replace) the record of one message."""
+
+    @abstractmethod
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        """Forget messages that are gone from the chat."""
 
     @abstractmethod
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim: ...

@@ -31,7 +31,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.policy import STREAK_LIMIT, History, Transition, streak_history, transition
+from bridge.incidents import Key, Record, Seen, Window
+from bridge.policy import (
+    STREAK_LIMIT,
+    History,
+    Transition,
+    above,
+    streak_history,
+    transition,
+)
 from bridge.store import (
     Accepted,
     Claim,
@@ -125,6 +133,23 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX builds_ended ON builds (factory, trigger, build_id) WHERE status <> 'FAILED';
     """,
+    # 4: incidents: the events of one build, and a threaded destination's messages.
+    """
+    CREATE INDEX events_build ON events (factory, trigger, build_id);
+    CREATE TABLE thread_messages (
+        destination TEXT NOT NULL,
+        factory TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        anchor BIGINT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('root', 'reply', 'single')),
+        build_id BIGINT NOT NULL,
+        ref TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        reposted BOOLEAN NOT NULL DEFAULT false,
+        PRIMARY KEY (destination, factory, trigger, anchor, kind, build_id)
+    );
+    CREATE INDEX thread_messages_build ON thread_messages (destination, factory, trigger, build_id);
+    """,
 ]
 
 # A new event also takes its (factory, trigger)'s history lock, held until commit: the
@@ -170,6 +195,36 @@ INSERT INTO deliveries (event_id, destination, created_at, updated_at, next_atte
 SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb
 FROM unnest($9::text[], $10::text[]) WITH ORDINALITY AS wanted (name, mentions, position)
 ORDER BY wanted.position
+"""
+
+# What is known above a late build: its newest, and the failing streak just above it.
+_LATER = """SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id > $3"""
+_ENDED_ABOVE = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id > $3 AND status <> 'FAILED' ORDER BY build_id LIMIT 1"""
+_FAILED_ABOVE = """SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1
+    AND trigger = $2 AND build_id > $3 AND build_id < $4 LIMIT $5) AS streak"""
+
+LOWEST, HIGHEST = -(2**63), 2**63 - 1
+# A window (see `incidents.Window`): the passed builds nearest below and above a build ...
+_WINDOW_BOUNDS = """
+SELECT
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2 AND build_id < $3
+        AND status = 'PASSED' ORDER BY build_id DESC LIMIT 1) AS lower,
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2 AND build_id > $3
+        AND status = 'PASSED' ORDER BY build_id LIMIT 1) AS upper
+"""
+# ... and each build between, with the newest event that gave it its status.
+_WINDOW_BUILDS = """
+SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory
+    AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status) AS event_id
+FROM builds b WHERE b.factory = $1 AND b.trigger = $2 AND b.build_id > $3 AND b.build_id <= $4
+ORDER BY b.build_id
+"""
+_THREAD_RECORDS = """
+SELECT kind, anchor, build_id, ref, digest, reposted FROM thread_messages
+WHERE destination = $1 AND factory = $2 AND trigger = $3
+    AND ((anchor > $4 AND anchor < $5) OR (build_id > $4 AND build_id <= $5))
 """
 
 _EXISTING = """
@@ -594,6 +649,107 @@ class PostgresStore(Store):
 
         return await self._run(work, transaction=True)
 
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        async def work(c: Any) -> Window:
+            bounds = await c.fetchrow(_WINDOW_BOUNDS, factory, trigger, build_id)
+            lower, upper = bounds["lower"], bounds["upper"]
+            rows = await c.fetch(
+                _WINDOW_BUILDS,
+                factory,
+                trigger,
+                LOWEST if lower is None else lower,
+                HIGHEST if upper is None else upper,
+            )
+            builds = {
+                int(row["build_id"]): Seen(
+                    str(row["status"]), None if row["event_id"] is None else int(row["event_id"])
+                )
+                for row in rows
+            }
+            return Window(
+                None if lower is None else int(lower), None if upper is None else int(upper), builds
+            )
+
+        return await self._run(work, transaction=True)
+
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        async def work(c: Any) -> dict[int, bytes]:
+            rows = await c.fetch("SELECT id, body FROM events WHERE id = ANY($1::bigint[])", ids)
+            return {int(row["id"]): bytes(row["body"]) for row in rows}
+
+        return await self._run(work)
+
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        async def work(c: Any) -> dict[int, tuple[str, ...]]:
+            rows = await c.fetch(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = $1"
+                " AND mentions IS NOT NULL AND event_id = ANY($2::bigint[])",
+                destination,
+                event_ids,
+            )
+            return {int(row["event_id"]): tuple(json.loads(row["mentions"])) for row in rows}
+
+        return await self._run(work)
+
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        async def work(c: Any) -> list[Record]:
+            rows = await c.fetch(
+                _THREAD_RECORDS,
+                destination,
+                factory,
+                trigger,
+                LOWEST if window.lower is None else window.lower,
+                HIGHEST if window.upper is None else window.upper,
+            )
+            return [
+                Record(
+                    row["kind"],
+                    int(row["anchor"]),
+                    int(row["build_id"]),
+                    str(row["ref"]),
+                    str(row["digest"]),
+                    bool(row["reposted"]),
+                )
+                for row in rows
+            ]
+
+        return await self._run(work)
+
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        await self._execute(
+            "INSERT INTO thread_messages (destination, factory, trigger, anchor, kind, build_id,"
+            " ref, digest, reposted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (destination, factory, trigger, anchor, kind, build_id) DO UPDATE"
+            " SET ref = excluded.ref, digest = excluded.digest, reposted = excluded.reposted",
+            destination,
+            factory,
+            trigger,
+            record.anchor,
+            record.kind,
+            record.build,
+            record.ref,
+            record.digest,
+            record.reposted,
+        )
+
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        async def work(c: Any) -> None:
+            await c.executemany(
+                "DELETE FROM thread_messages WHERE destination = $1 AND factory = $2"
+                " AND trigger = $3 AND kind = $4 AND anchor = $5 AND build_id = $6",
+                [(destination, factory, trigger, *key) for key in keys],
+            )
+
+        await self._run(work)
+
     async def own_lane(self, destination: str) -> bool:
         if not await self._lanes.hold(destination):
             return False
@@ -647,7 +803,14 @@ async def _history(c: Any, event: NewEvent) -> History:
     if prior is not None and prior[1] == "FAILED":
         row = await c.fetchrow(_STREAK, *trigger, STREAK_LIMIT)
         streak = (int(row["since"]), int(row["count"]))
-    return streak_history(event.build_id, rerun, prior, streak)
+    before = streak_history(event.build_id, rerun, prior, streak)
+    later = await c.fetchval(_LATER, *trigger)
+    if later is None:
+        return before
+    found = await c.fetchrow(_ENDED_ABOVE, *trigger)
+    ended = (int(found["build_id"]), str(found["status"])) if found else None
+    failed = await c.fetchval(_FAILED_ABOVE, *trigger, ended[0] if ended else HIGHEST, STREAK_LIMIT)
+    return above(before, int(later), ended, int(failed))
 
 
 def _transition(stored: str | None) -> Transition | None:

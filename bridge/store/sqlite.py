@@ -27,7 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.policy import STREAK_LIMIT, History, Transition, streak_history, transition
+from bridge.incidents import Key, Record, Seen, Window
+from bridge.policy import (
+    STREAK_LIMIT,
+    History,
+    Transition,
+    above,
+    streak_history,
+    transition,
+)
 from bridge.store import (
     Accepted,
     Claim,
@@ -100,6 +108,22 @@ CREATE TABLE IF NOT EXISTS threads (
     thread TEXT NOT NULL,
     PRIMARY KEY (destination, factory, trigger)
 ) WITHOUT ROWID;
+-- Incidents: the events of one build, and a threaded destination's messages.
+CREATE INDEX IF NOT EXISTS events_build ON events (factory, trigger, build_id);
+CREATE TABLE IF NOT EXISTS thread_messages (
+    destination TEXT NOT NULL,
+    factory TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    anchor INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    build_id INTEGER NOT NULL,
+    ref TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    reposted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, factory, trigger, anchor, kind, build_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS thread_messages_build
+    ON thread_messages (destination, factory, trigger, build_id);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
 
@@ -434,6 +458,82 @@ class SqliteStore(Store):
             )
             await self._call(lambda c: c.execute(sql, (*key, thread)))
 
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        def work(c: sqlite3.Connection) -> Window:
+            key = (factory, trigger, build_id)
+            lower = _one(c, _LOWER_PASSED, key)
+            upper = _one(c, _UPPER_PASSED, key)
+            span = (factory, trigger, _bound(lower, LOWEST), _bound(upper, HIGHEST))
+            builds = {
+                number: Seen(status, event_id)
+                for number, status, event_id in c.execute(_WINDOW_BUILDS, span)
+            }
+            return Window(lower, upper, builds)
+
+        return await self._call(work)
+
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        def work(c: sqlite3.Connection) -> dict[int, bytes]:
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(f"SELECT id, body FROM events WHERE id IN ({marks})", ids)
+            return {int(id_): bytes(body) for id_, body in rows}
+
+        return await self._call(work)
+
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        def work(c: sqlite3.Connection) -> dict[int, tuple[str, ...]]:
+            marks = ",".join("?" * len(event_ids))
+            rows = c.execute(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = ?"
+                f" AND mentions IS NOT NULL AND event_id IN ({marks})",
+                (destination, *event_ids),
+            )
+            return {int(event): tuple(json.loads(found)) for event, found in rows}
+
+        return await self._call(work)
+
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        def work(c: sqlite3.Connection) -> list[Record]:
+            lower, upper = _bound(window.lower, LOWEST), _bound(window.upper, HIGHEST)
+            rows = c.execute(
+                "SELECT kind, anchor, build_id, ref, digest, reposted FROM thread_messages"
+                " WHERE destination = ?1 AND factory = ?2 AND trigger = ?3"
+                " AND ((anchor > ?4 AND anchor < ?5) OR (build_id > ?4 AND build_id <= ?5))",
+                (destination, factory, trigger, lower, upper),
+            )
+            return [Record(k, a, b, ref, d, bool(r)) for k, a, b, ref, d, r in rows]
+
+        return await self._call(work)
+
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        values = (destination, factory, trigger, record.anchor, record.kind, record.build)
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO thread_messages (destination, factory, trigger, anchor, kind,"
+                " build_id, ref, digest, reposted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET ref = excluded.ref, digest = excluded.digest,"
+                " reposted = excluded.reposted",
+                (*values, record.ref, record.digest, int(record.reposted)),
+            )
+        )
+
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        await self._call(
+            lambda c: c.executemany(
+                "DELETE FROM thread_messages WHERE destination = ? AND factory = ?"
+                " AND trigger = ? AND kind = ? AND anchor = ? AND build_id = ?",
+                [(destination, factory, trigger, *key) for key in keys],
+            )
+        )
+
     async def ping(self) -> None:
         now = time.time()
         await self._call(
@@ -518,12 +618,64 @@ def _history(c: sqlite3.Connection, event: NewEvent) -> History:
         (*trigger, event.build_id),
     ).fetchone()
     failed_before = prior is not None and prior[1] == "FAILED"
-    return streak_history(
+    before = streak_history(
         event.build_id,
         rerun[0] if rerun else None,
         (prior[0], prior[1]) if prior else None,
         _streak(c, trigger, event.build_id) if failed_before else None,
     )
+    return _above(c, before, event)
+
+
+def _above(c: sqlite3.Connection, before: History, event: NewEvent) -> History:
+    """What is known above a late build: its newest, and the failing streak just above."""
+    key = (event.factory, event.trigger, event.build_id)
+    later = _one(
+        c,
+        "SELECT max(build_id) FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?",
+        key,
+    )
+    if later is None:
+        return before
+    ended = c.execute(
+        "SELECT build_id, status FROM builds INDEXED BY builds_ended WHERE factory = ?"
+        " AND trigger = ? AND build_id > ? AND status != 'FAILED' ORDER BY build_id LIMIT 1",
+        key,
+    ).fetchone()
+    (failed,) = c.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = ? AND trigger = ?"
+        " AND build_id > ? AND build_id < ? LIMIT ?)",
+        (*key, ended[0] if ended else HIGHEST, STREAK_LIMIT),
+    ).fetchone()
+    return above(before, later, (ended[0], ended[1]) if ended else None, failed)
+
+
+LOWEST, HIGHEST = -(2**63), 2**63 - 1
+# A window's bounds: the passed builds nearest below and above a build.
+_LOWER_PASSED = (
+    "SELECT build_id FROM builds WHERE factory = ? AND trigger = ? AND build_id < ?"
+    " AND status = 'PASSED' ORDER BY build_id DESC LIMIT 1"
+)
+_UPPER_PASSED = (
+    "SELECT build_id FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?"
+    " AND status = 'PASSED' ORDER BY build_id LIMIT 1"
+)
+# Each build in a window, with the newest event that gave it its status.
+_WINDOW_BUILDS = (
+    "SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory"
+    " AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status)"
+    " FROM builds b WHERE b.factory = ? AND b.trigger = ? AND b.build_id > ?"
+    " AND b.build_id <= ? ORDER BY b.build_id"
+)
+
+
+def _one(c: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> int | None:
+    row = c.execute(sql, args).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _bound(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> tuple[int, int]:
