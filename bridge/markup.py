@@ -15,10 +15,10 @@ from typing import Any
 # between letters or digits (build_amd64) formats nothing, so it is kept as is.
 # `\@all` mentions no one in Rocket.Chat (a mention starts after a space or a line start).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*~|\[\]()<>@]|(?<![^\W_])_|_(?![^\W_]))")
-# An @ that could begin a mention (@channel, @alice.b), or a < that could begin one in
-# angle brackets: Slack's <!here> and <@U123>, Discord's <@123>, Google Chat's
-# <users/all>, Teams' <at>.
-_MENTION_START = re.compile(r"([@<])(?=[\w.!#&@/-])")
+# An @ that could begin a mention (@channel, @alice.b: not inside a word, as in an e-mail
+# address), or a < that could begin one in angle brackets: Slack's <!here> and <@U123>,
+# Discord's <@123>, Google Chat's <users/all>, Teams' <at>.
+_MENTION_START = re.compile(r"((?<!\w)@|<)(?=[\w.!#&@/-])")
 # In a Markdown link's destination these would end it or break it; an @ in it could be
 # read as a mention (Mattermost finds `/@channel` in a URL).
 _URL_IN_MARKDOWN = str.maketrans(

@@ -370,7 +370,8 @@ def test_the_annotation_is_shown_when_present() -> None:
     matrix = render_dict(default_template("matrix.j2", "json"), build)
 
     assert ":memo: flaky &lt;runner&gt; on armhf" in slack
-    assert "📝 flaky &lt;runner&gt; on armhf" in matrix["formatted_body"]
+    # (a word joiner after "<": build data never starts a mention, see bridge.markup.unmention)
+    assert "📝 flaky &lt;\u2060runner&gt; on armhf" in matrix["formatted_body"]
     assert "📝" not in json.dumps(render_dict(SLACK, failed_build()))
 
 
