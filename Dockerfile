@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
+COPY templates ./templates
 RUN pip install . && useradd --system --uid 10001 --home-dir /var/lib/jobserv-bridge bridge \
     && mkdir -p /var/lib/jobserv-bridge /etc/jobserv-bridge \
     && chown bridge /var/lib/jobserv-bridge

@@ -104,7 +104,7 @@ class Admin:
         self.sessions: dict[str, float] = {}  # session id -> expiry
         self.pages = _environment(self.redact)
         self.stylesheet = (
-            resources.files("bridge").joinpath("templates/admin/style.css").read_bytes()
+            resources.files("bridge.templates").joinpath("admin/style.css").read_bytes()
         )
 
     # -- access ---------------------------------------------------------------
@@ -703,7 +703,7 @@ def _environment(redact: Redactor) -> jinja2.Environment:
         return redact(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("bridge", "templates/admin"),
+        loader=jinja2.PackageLoader("bridge.templates", "admin"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         finalize=finalize,

@@ -249,7 +249,7 @@ def load_template(path: Path, kind: Literal["json", "text"]) -> Template:
 @functools.cache
 def default_template(file_name: str, kind: Literal["json", "text"]) -> Template:
     """A template shipped in the package, found wherever the package is installed."""
-    source = resources.files("bridge").joinpath("templates", file_name)
+    source = resources.files("bridge.templates").joinpath(file_name)
     return compile_template(source.read_text(encoding="utf-8"), file_name, kind)
 
 

@@ -90,7 +90,8 @@ class ThreadedChat(Chat, Protocol):
 class ChatType:
     """One chat: its `type` name, its settings, how to make it, and its default template.
 
-    The default template is `bridge/templates/<template or name>.j2`; it renders a JSON
+    The default template is `templates/<template or name>.j2` (installed as
+    the package `bridge.templates`); it renders a JSON
     document, or text when `body` is "text".
     """
 
