@@ -50,7 +50,7 @@ def test_every_package_of_bridge_is_listed_for_setuptools() -> None:
 def test_the_wheel_carries_the_top_level_templates(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for template in (REPO_ROOT / "templates").rglob("*"):
-        if template.is_file():
+        if template.is_file() and "__pycache__" not in template.parts:
             installed = (
                 "bridge/templates/" + template.relative_to(REPO_ROOT / "templates").as_posix()
             )
