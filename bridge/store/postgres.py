@@ -235,7 +235,7 @@ FROM events WHERE key = $1
 # Rows another transaction is claiming or finishing are skipped, not waited for ...
 _LOCK_HEAD = """
 SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
-    d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition
+    d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.destination = $1 AND d.state = 'pending'
 ORDER BY d.id LIMIT $2
@@ -460,6 +460,7 @@ class PostgresStore(Store):
                         str(row["trigger"]),
                         _transition(row["transition"]),
                         tuple(json.loads(row["mentions"])) if row["mentions"] else (),
+                        str(row["key"]),
                     )
                 )
             if taken:
@@ -525,7 +526,7 @@ class PostgresStore(Store):
 
         return await self._run(work)
 
-    async def retry(self, ids: list[int] | None, now: float) -> int:
+    async def requeue_dead(self, ids: list[int] | None, now: float) -> int:
         update = (
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1,"
             " attempts = 0 WHERE state = 'dead'"

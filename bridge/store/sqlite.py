@@ -292,7 +292,7 @@ class SqliteStore(Store):
             rows = c.execute(
                 "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
                 " d.claimed_until, e.body, e.factory, e.build_id, e.trigger, e.transition,"
-                " d.mentions"
+                " d.mentions, e.key"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
                 (destination, limit),
@@ -305,7 +305,7 @@ class SqliteStore(Store):
                 if due > now:
                     next_due = due if not taken else None
                     break
-                body, factory, build_id, trigger, change, mentions = event
+                body, factory, build_id, trigger, change, mentions, event_key = event
                 taken.append(
                     Delivery(
                         id_,
@@ -319,6 +319,7 @@ class SqliteStore(Store):
                         trigger,
                         Transition.from_dict(json.loads(change)) if change else None,
                         tuple(json.loads(mentions)) if mentions else (),
+                        event_key,
                     )
                 )
             c.executemany(
@@ -387,7 +388,7 @@ class SqliteStore(Store):
 
         return await self._call(work)
 
-    async def retry(self, ids: list[int] | None, now: float) -> int:
+    async def requeue_dead(self, ids: list[int] | None, now: float) -> int:
         def work(c: sqlite3.Connection) -> int:
             update = (
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
