@@ -51,6 +51,7 @@ from bridge.store import (
     StoreUnavailable,
     unavailable,
 )
+from bridge.store.sqlite_schema import migrate
 
 T = TypeVar("T")
 # The work, where its answer goes, and whether its commit must reach the disk first.
@@ -58,74 +59,6 @@ Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
 
 # Enough to amortise one fsync over a burst, small enough to keep each commit short.
 MAX_BATCH = 512
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    factory TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    build_id INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL,
-    transition TEXT
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    event_id INTEGER NOT NULL REFERENCES events(id),
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    claimed_until REAL,
-    last_error TEXT,
-    mentions TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_lane
-    ON deliveries (destination, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
-CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (state, updated_at)
-    WHERE state != 'pending';
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE TABLE IF NOT EXISTS builds (
-    factory TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    build_id INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    completed_at REAL,
-    PRIMARY KEY (factory, trigger, build_id)
-) WITHOUT ROWID;
--- The newest build below one that did not fail, found without reading a failing streak.
-CREATE INDEX IF NOT EXISTS builds_ended ON builds (factory, trigger, build_id)
-    WHERE status != 'FAILED';
-CREATE TABLE IF NOT EXISTS threads (
-    destination TEXT NOT NULL,
-    factory TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    thread TEXT NOT NULL,
-    PRIMARY KEY (destination, factory, trigger)
-) WITHOUT ROWID;
--- Incidents: the events of one build, and a threaded destination's messages.
-CREATE INDEX IF NOT EXISTS events_build ON events (factory, trigger, build_id);
-CREATE TABLE IF NOT EXISTS thread_messages (
-    destination TEXT NOT NULL,
-    factory TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    anchor INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    build_id INTEGER NOT NULL,
-    ref TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    reposted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (destination, factory, trigger, anchor, kind, build_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS thread_messages_build
-    ON thread_messages (destination, factory, trigger, build_id);
-CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-"""
 
 
 class SqliteStore(Store):
@@ -151,8 +84,7 @@ class SqliteStore(Store):
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             self._synchronous = "FULL"
-            connection.executescript(SCHEMA)
-            _add_columns(connection)
+            migrate(connection)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         self._thread = threading.Thread(
@@ -711,17 +643,6 @@ def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | No
             future.set_exception(error)
         else:
             future.set_result(result)
-
-
-# Columns newer than the first schema: a store file written before them gets them on open.
-_ADDED_COLUMNS = (("events", "transition", "TEXT"), ("deliveries", "mentions", "TEXT"))
-
-
-def _add_columns(connection: sqlite3.Connection) -> None:
-    for table, column, kind in _ADDED_COLUMNS:
-        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-        if column not in columns:
-            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _exclusive_lock(path: Path) -> int:
