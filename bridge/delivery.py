@@ -83,7 +83,7 @@ class Lane:
     chat: Chat
     template: Template
     store: LaneStore
-    delivery: DeliveryConfig
+    config: DeliveryConfig  # the [delivery] section: polling and retry timing
     slots: asyncio.Semaphore
     redact: Redactor
     metrics: Metrics
@@ -105,8 +105,8 @@ class Lane:
         limits = Limits(
             self.settings.max_attempts,
             self.settings.max_age,
-            self.delivery.retry_initial,
-            self.delivery.retry_max,
+            self.config.retry_initial,
+            self.config.retry_max,
         )
         self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
@@ -125,13 +125,13 @@ class Lane:
                         await self._wait_for_lane()
                 except Exception:
                     log.exception("lane %s: store error, trying again shortly", self.name)
-                    await self._sleep(self.delivery.poll_interval)
+                    await self._sleep(self.config.poll_interval)
         finally:
             await self.owner.release()
 
     async def _wait_for_lane(self) -> None:
         """Sleep a poll interval: new events do not free another replica's lane."""
-        deadline = time.monotonic() + self.delivery.poll_interval
+        deadline = time.monotonic() + self.config.poll_interval
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
             await self._sleep(left)
 
@@ -140,7 +140,7 @@ class Lane:
         lease = self.settings.timeout + LEASE_MARGIN
         claim = await self.store.claim(self.name, now, CLAIM_BATCH, lease)
         if not claim.deliveries:
-            wait = self.delivery.poll_interval
+            wait = self.config.poll_interval
             if claim.next_due is not None:
                 wait = min(wait, max(claim.next_due - now, 0.0))
             await self._sleep(wait)
