@@ -166,7 +166,7 @@ class Admin:
 
     async def retry(self, delivery_id: int) -> bool:
         """Queue a dead letter again and wake the lanes; False when it is not dead."""
-        queued = await self.store.retry([delivery_id], time.time()) > 0
+        queued = await self.store.requeue_dead([delivery_id], time.time()) > 0
         if queued:
             self.dispatcher.wake(list(self.dispatcher.lanes))
             log.info("delivery %d queued again from the status page", delivery_id)

@@ -317,7 +317,7 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
             counts = await store.counts()
             print(", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
         elif args.action == "retry":
-            count = await store.retry(None if args.all_dead else args.ids, now)
+            count = await store.requeue_dead(None if args.all_dead else args.ids, now)
             print(f"{plural(count, 'dead letter')} queued again")
         else:
             count = await store.purge(now - args.older_than, ("sent", "dead"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -21,15 +20,18 @@ from typing import Any
 from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
 from bridge.config import Config, DeliveryConfig, JobservConfig, Route
 from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.giveup import Limits
 from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
+from bridge.lane_owner import LaneOwnership
 from bridge.metrics import Metrics
-from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_reason
+from bridge.outcome import Failed, Outcome, Retry, from_exception
+from bridge.rate_limit import TokenBucket
+from bridge.recorder import Recorder
 from bridge.redact import Redactor
-from bridge.render import Template, TemplateError, build_context, context
+from bridge.render import Rendered, Template, TemplateError, build_context, context
 from bridge.routing import notify_for
-from bridge.store import Delivery, Store, StoreUnavailable
-from bridge.text import plural
+from bridge.store import Delivery, DispatchStore, LaneStore, StoreUnavailable
 from bridge.threads import Draft, Reconcile
 
 log = logging.getLogger("bridge.delivery")
@@ -37,37 +39,6 @@ log = logging.getLogger("bridge.delivery")
 CLAIM_BATCH = 32
 # A claim outlives any send (its timeout), so only a dead process loses one.
 LEASE_MARGIN = 60.0
-
-
-class TokenBucket:
-    """`rate` messages a second on average, up to `burst` at once; rate 0 means no limit."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-
-    def delay(self) -> float:
-        """Take a token; return how long to wait before using it."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= 1.0
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    def empty(self) -> None:
-        """Start again with no token: the next message waits 1/rate."""
-        self.tokens = 0.0
-        self.updated = time.monotonic()
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter: about initial * 2^(attempt-1), never above maximum."""
-    ceiling = min(maximum, initial * 2 ** min(attempt - 1, 30))
-    return random.uniform(ceiling / 2, ceiling)
 
 
 # An error in a dead letter is one line; an exception's text can be a whole build.
@@ -105,34 +76,39 @@ class ParsedEvents:
 
 @dataclass
 class Lane:
+    """One destination's claim loop: claims its due deliveries in order, renders and sends
+    each through its chat, and has its recorder record the outcome."""
+
     settings: DestinationSettings
     chat: Chat
     template: Template
-    store: Store
-    policy: DeliveryConfig
+    store: LaneStore
+    config: DeliveryConfig  # the [delivery] section: polling and retry timing
     slots: asyncio.Semaphore
     redact: Redactor
     metrics: Metrics
     bucket: TokenBucket = field(init=False)
+    owner: LaneOwnership = field(init=False)
+    recorder: Recorder = field(init=False)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
-    # Replicas sharing a store: only the one that owns a lane claims its deliveries.
-    owned: bool = False
-    waited: bool = False  # another replica owned the lane since this one started
     events: ParsedEvents = field(default_factory=ParsedEvents)
     # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
-    tests: FailedTestsFetcher | None = None
+    failed_tests: FailedTestsFetcher | None = None
     jobserv: JobservConfig | None = None
-    # Attempts whose outcome the store did not take, by delivery id: they count all the same.
-    unrecorded: dict[int, int] = field(default_factory=dict)
     # For a chat that threads: which builds each trigger's routes want (their `notify`).
     routes: list[Route] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
-        # The metrics every delivery touches, looked up once.
-        self._sent = self.metrics.deliveries.labels(self.name, "sent", "")
-        self._accept_to_sent = self.metrics.accept_to_sent_seconds.labels(self.name)
+        self.owner = LaneOwnership(self.name, self.store, self.bucket.empty)
+        limits = Limits(
+            self.settings.max_attempts,
+            self.settings.max_age,
+            self.config.retry_initial,
+            self.config.retry_max,
+        )
+        self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
 
     @property
@@ -143,42 +119,19 @@ class Lane:
         try:
             while not self.stopping:
                 try:
-                    if await self._own():
+                    if await self.owner.own():
                         await self._step()
                     else:
                         await self._wait_for_lane()
                 except Exception:
                     log.exception("lane %s: store error, trying again shortly", self.name)
-                    await self._sleep(self.policy.poll_interval)
+                    await self._sleep(self.config.poll_interval)
         finally:
-            if self.owned:
-                self.owned = False
-                with contextlib.suppress(Exception):
-                    await self.store.release_lane(self.name)
-
-    async def _own(self) -> bool:
-        """Whether this process owns the lane now (always, unless replicas share the store)."""
-        try:
-            owned = await self.store.own_lane(self.name)
-        except Exception:
-            # Not a sign of another replica (the store may be restarting): `waited` is
-            # only for a lane that another replica was seen to hold.
-            self.owned = False
-            raise
-        if owned and not self.owned and self.waited:
-            # Another replica sent on this lane, lately perhaps: start with an empty
-            # bucket so that the rate limit holds across the handover.
-            self.bucket.empty()
-            log.info("lane %s: taken over from another replica", self.name)
-        elif self.owned and not owned:
-            log.warning("lane %s: now owned by another replica", self.name)
-        self.waited = self.waited or not owned
-        self.owned = owned
-        return owned
+            await self.owner.release()
 
     async def _wait_for_lane(self) -> None:
         """Sleep a poll interval: new events do not free another replica's lane."""
-        deadline = time.monotonic() + self.policy.poll_interval
+        deadline = time.monotonic() + self.config.poll_interval
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
             await self._sleep(left)
 
@@ -187,7 +140,7 @@ class Lane:
         lease = self.settings.timeout + LEASE_MARGIN
         claim = await self.store.claim(self.name, now, CLAIM_BATCH, lease)
         if not claim.deliveries:
-            wait = self.policy.poll_interval
+            wait = self.config.poll_interval
             if claim.next_due is not None:
                 wait = min(wait, max(claim.next_due - now, 0.0))
             await self._sleep(wait)
@@ -195,17 +148,17 @@ class Lane:
         index = 0
         try:
             for index, delivery in enumerate(claim.deliveries):
-                if self.stopping or not await self._own():
+                if self.stopping or not await self.owner.own():
                     await self.store.release([d.id for d in claim.deliveries[index:]])
                     return
-                outcome: Outcome | None = self._given_up(delivery)
+                outcome: Outcome | None = self.recorder.given_up(delivery)
                 attempted = outcome is None
                 if outcome is None:
                     if wait := self.bucket.delay():
                         await asyncio.sleep(wait)
                     async with self.slots:
                         outcome = await self.deliver(delivery)
-                held = await self._conclude(delivery, outcome, attempted)
+                held = await self.recorder.conclude(delivery, outcome, attempted)
                 if held:  # the head must wait: keep the rest behind it
                     await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
                     return
@@ -217,44 +170,6 @@ class Lane:
                 async with asyncio.timeout(1.0):
                     await self.store.release([d.id for d in claim.deliveries[index:]])
             raise
-
-    def _given_up(self, delivery: Delivery) -> Failed | None:
-        """A delivery whose last outcomes could not be stored, now past its limits: it is not
-        sent again, however often a failing store hands it back."""
-        unrecorded = self.unrecorded.get(delivery.id, 0)
-        if not unrecorded:
-            return None
-        attempts = delivery.attempts + unrecorded
-        age = time.time() - delivery.created_at
-        limit = self.settings.max_attempts
-        if (limit and attempts >= limit) or age >= self.settings.max_age:
-            return Failed(
-                f"gave up after {attempts} attempts over {age:.0f}s;"
-                f" {unrecorded} of their outcomes could not be stored",
-                code="gave_up",
-            )
-        return None
-
-    async def _conclude(self, delivery: Delivery, outcome: Outcome, attempted: bool) -> bool:
-        """Record the outcome. When the store refuses it, record a plainer one (the attempt
-        must count); when that fails too, the attempt is counted here and the error raised."""
-        try:
-            held = await self.record(delivery, outcome)
-        except Exception as exc:
-            log.exception("%s: delivery %d: cannot store its outcome", self.name, delivery.id)
-            if attempted:
-                self.unrecorded[delivery.id] = self.unrecorded.get(delivery.id, 0) + 1
-            if isinstance(outcome, Sent):
-                raise
-            plain = f"{outcome.code}: the outcome could not be stored ({type(exc).__name__})"
-            fallback: Outcome = (
-                Retry(plain, outcome.after, code=outcome.code)
-                if isinstance(outcome, Retry)
-                else Failed(plain, code=outcome.code)
-            )
-            held = await self.record(delivery, fallback)
-        self.unrecorded.pop(delivery.id, None)
-        return held
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -284,21 +199,7 @@ class Lane:
             if notify:
                 return await self._threaded(self.chat, delivery, wanted_roles(notify))
         try:
-            build, facts = self.events.get(delivery)
-            tests = await self._failed_tests(build)
-            rendered = self.template.render_within(
-                context(
-                    build,
-                    event_id=delivery.event_id,
-                    destination=self.name,
-                    tests=tests,
-                    change=delivery.transition,
-                    mentions=delivery.mentions,
-                    facts=None if tests else facts,
-                ),
-                CHAT_TYPES[self.settings.type].fits,
-                self.settings.max_failed_runs,
-            )
+            rendered = await self._render_delivery(delivery)
         except (TemplateError, NotABuild) as exc:
             return Failed(f"cannot render: {exc}", code="template")
         except Exception as exc:  # a bug met by this build alone: its outcome, not the lane's
@@ -320,7 +221,25 @@ class Lane:
                 rendered.hidden,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
-        return await self._send(self.chat.send(body, delivery.id))
+        return await self._send(self.chat.send(body, delivery.key))
+
+    async def _render_delivery(self, delivery: Delivery) -> Rendered:
+        """The one place a lane renders a (plain, not threaded) delivery."""
+        build, facts = self.events.get(delivery)
+        tests = await self._failed_tests(build)
+        return self.template.render_within(
+            context(
+                build,
+                event_id=delivery.event_id,
+                destination=self.name,
+                tests=tests,
+                change=delivery.transition,
+                mentions=delivery.mentions,
+                facts=None if tests else facts,
+            ),
+            CHAT_TYPES[self.settings.type].fits,
+            self.settings.max_failed_runs,
+        )
 
     async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
         started = time.monotonic()
@@ -362,73 +281,10 @@ class Lane:
         most = self.settings.max_failed_runs
         return self.template.render_within(draft.context(self.name, facts), fits, most).body
 
-    async def _set_thread(self, key: tuple[str, str, str], ref: str | None) -> None:
-        """The message is out whatever happens here: a lost thread is not worth a resend."""
-        try:
-            await self.store.set_thread(*key, ref)
-        except Exception:
-            log.exception("%s: could not store the thread of %s/%s", self.name, key[1], key[2])
-
     async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
-        if self.tests is None or self.jobserv is None:
+        if self.failed_tests is None or self.jobserv is None:
             return None
-        return await self.tests.for_build(build, self.jobserv, self.settings.max_failed_runs)
-
-    async def record(self, delivery: Delivery, outcome: Outcome) -> bool:
-        """Store the outcome; True when the lane must wait for this delivery."""
-        now = time.time()
-        attempt = delivery.attempts + 1 + self.unrecorded.get(delivery.id, 0)
-        where = (
-            f"delivery {delivery.id} of event {delivery.event_id}"
-            f" ({delivery.factory} #{delivery.build_id}) to {self.name}"
-        )
-        fields = {
-            "event_id": delivery.event_id,
-            "delivery_id": delivery.id,
-            "factory": delivery.factory,
-            "build": delivery.build_id,
-            "destination": self.name,
-            "attempt": attempt,
-        }
-        if isinstance(outcome, Sent):
-            await self.store.mark_sent(delivery.id, now)
-            self._sent.inc()
-            self._accept_to_sent.observe(now - delivery.created_at)
-            log.info("%s: sent (attempt %d)", where, attempt, extra={**fields, "outcome": "sent"})
-            return False
-        reason = short_reason(self.redact(outcome.reason))
-        code = outcome.code
-        if isinstance(outcome, Retry):
-            age = now - delivery.created_at
-            limit = self.settings.max_attempts
-            if (limit and attempt >= limit) or age >= self.settings.max_age:
-                reason = f"gave up after {plural(attempt, 'attempt')} over {age:.0f}s: {reason}"
-                code = "gave_up"
-            else:
-                wait = outcome.after
-                if wait is None:
-                    wait = backoff(attempt, self.policy.retry_initial, self.policy.retry_max)
-                await self.store.mark_retry(delivery.id, now + wait, reason, now)
-                self.metrics.deliveries.labels(self.name, "retry", code).inc()
-                self.metrics.retries.labels(self.name).inc()
-                log.warning(
-                    "%s: %s; attempt %d, next in %.1fs",
-                    where,
-                    reason,
-                    attempt,
-                    wait,
-                    extra={**fields, "outcome": "retry", "reason": reason},
-                )
-                return True
-        await self.store.mark_dead(delivery.id, reason, now)
-        self.metrics.deliveries.labels(self.name, "dead", code).inc()
-        log.error(
-            "%s: failed for good, kept as a dead letter: %s",
-            where,
-            reason,
-            extra={**fields, "outcome": "dead", "reason": reason},
-        )
-        return False
+        return await self.failed_tests.for_build(build, self.jobserv, self.settings.max_failed_runs)
 
 
 class Dispatcher:
@@ -437,16 +293,16 @@ class Dispatcher:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: DispatchStore,
         chats: dict[str, Chat],
         redact: Redactor,
         metrics: Metrics,
-        tests: FailedTestsFetcher | None = None,
+        failed_tests: FailedTestsFetcher | None = None,
     ) -> None:
         self.store = store
         self.redact = redact
         self.metrics = metrics
-        self.tests = tests
+        self.failed_tests = failed_tests
         self.events = ParsedEvents()
         self.retention = config.delivery.retention
         self.lanes = self._lanes(config, chats)
@@ -466,7 +322,7 @@ class Dispatcher:
                 self.redact,
                 self.metrics,
                 events=self.events,
-                tests=self.tests,
+                failed_tests=self.failed_tests,
                 jobserv=config.jobserv,
                 routes=config.routes,
             )

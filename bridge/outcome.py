@@ -64,7 +64,7 @@ def bounded_seconds(seconds: float | None) -> float | None:
 
 
 # A reason is kept (outbox, logs, status page) cut to this many characters: after it is
-# redacted, so that no cut leaves part of a secret behind (delivery.Lane.record).
+# redacted, so that no cut leaves part of a secret behind (recorder.Recorder.record).
 REASON_LIMIT = 200
 # What is read of a chat's error answer at most, on one line, before redaction; a secret
 # cut here is still redacted by its first characters (see bridge.redact).

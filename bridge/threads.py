@@ -38,7 +38,7 @@ from bridge.incidents import (
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.outcome import Failed, Outcome, Retry, Sent
 from bridge.render import build_context, context
-from bridge.store import Delivery, Store
+from bridge.store import Delivery, ThreadStore
 
 log = logging.getLogger("bridge.threads")
 
@@ -86,7 +86,7 @@ Send = Callable[[Awaitable[Outcome]], Awaitable[Outcome]]
 @dataclass
 class Reconcile:
     chat: ThreadedChat
-    store: Store
+    store: ThreadStore
     destination: str
     wanted: frozenset[Role]
     render: Render
@@ -150,10 +150,12 @@ class Reconcile:
         where = (self.destination, delivery.factory, delivery.trigger)
         kind, anchor, number = action.key
         root = roots.get(anchor)
+        # One delivery posts several messages here: each its own key, the same on every try.
+        key = f"{delivery.key}-{kind}-{anchor}-{number}"
         if kind != "reply":
-            sending = self.chat.send(body, delivery.id)
+            sending = self.chat.send(body, key)
         elif root is not None and root.ref:
-            sending = self.chat.reply(body, delivery.id, root.ref)
+            sending = self.chat.reply(body, key, root.ref)
         else:
             return Sent()  # its root could not be shown (its build is no longer stored)
         outcome = await self.send(sending)

@@ -70,12 +70,12 @@ async def test_a_slack_api_2xx_without_the_api_json_is_retried(
     fake_chat.default(API_PATH, SlackApiOk(channel="C1"))
     chat = make_chat(tmp_path, fake_chat, session, "slack-api")
 
-    outcome = await chat.send({"text": "build failed"}, 1)
+    outcome = await chat.send({"text": "build failed"}, "key-1")
     assert isinstance(outcome, Retry), outcome
     assert "Web API's JSON" in outcome.reason
     assert "<html>" not in outcome.reason
     # The next attempt reaches the API, and is sent.
-    assert isinstance(await chat.send({"text": "build failed"}, 1), Sent)
+    assert isinstance(await chat.send({"text": "build failed"}, "key-1"), Sent)
     assert len(fake_chat.requests_to(API_PATH)) == 2
 
 
@@ -107,7 +107,7 @@ async def test_a_chat_reads_no_more_than_the_cap_of_an_endless_answer(
     chat = make_chat(tmp_path, fake_chat, session, kind)
 
     async with asyncio.timeout(60):
-        outcome = await chat.send({"text": "build failed"}, 1)
+        outcome = await chat.send({"text": "build failed"}, "key-1")
     assert isinstance(outcome, expected), outcome
     # The server learns that the client hung up once the socket buffers are full.
     await asyncio.sleep(0.5)

@@ -168,7 +168,7 @@ async def test_generic_posts_the_document_with_its_headers(
     assert request.headers["Content-Type"].startswith("application/json")
     assert request.headers["X-Api-Key"] == "key-123"
     assert request.headers["Authorization"] == "Token abc"
-    assert request.headers["Idempotency-Key"].startswith(f"jobserv-bridge-{setup.delivery.id}-")
+    assert request.headers["Idempotency-Key"] == setup.delivery.key
     assert request.json == setup.rendered()
     assert request.json["status"] == "FAILED"
 

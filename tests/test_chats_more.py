@@ -22,7 +22,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.chats import CHAT_TYPES
-from bridge.chats.matrix import transaction_id
 from bridge.cli import main
 from bridge.config import Config, ConfigError
 from bridge.delivery import Dispatcher, Lane
@@ -185,7 +184,7 @@ async def deliver(setup: Setup, fake: FakeChat, case: ChatCase, *behaviours: Beh
 
 def matrix_txn(setup: Setup) -> str:
     """The transaction id the delivery is sent with."""
-    return transaction_id(setup.delivery.id, setup.rendered())
+    return setup.delivery.key
 
 
 # --- the request each chat posts ---------------------------------------------------------
@@ -351,7 +350,8 @@ async def test_matrix_puts_a_notice_into_the_room_with_a_transaction_id(
     assert request.method == "PUT"
     assert request.path.startswith(MATRIX_PREFIX)  # the room id, decoded
     txn = request.path.removeprefix(MATRIX_PREFIX)
-    assert txn.startswith(f"jobserv-bridge-{setup.delivery.id}-")
+    assert txn == setup.delivery.key
+    assert txn.startswith("jobserv-bridge-")
     assert "/" not in txn
     assert request.headers["Authorization"] == f"Bearer {MATRIX_TOKEN}"
     content = request.json
@@ -390,12 +390,13 @@ async def test_matrix_sends_the_room_id_percent_encoded(tmp_path: Path) -> None:
         settings = config.destinations[DESTINATION]
         async with aiohttp.ClientSession() as client:
             chat = CHAT_TYPES["matrix"].create(settings, client)
-            assert await chat.send({"msgtype": "m.notice", "body": "hi"}, 7) == Sent()
+            notice = {"msgtype": "m.notice", "body": "hi"}
+            assert await chat.send(notice, "jobserv-bridge-7") == Sent()
     finally:
         await runner.cleanup()
     [path] = seen
     prefix = "/_matrix/client/v3/rooms/%21ci-room%3Aexample.org/send/m.room.message/"
-    assert path.startswith(prefix + "jobserv-bridge-7-")
+    assert path == prefix + "jobserv-bridge-7"
 
 
 async def test_matrix_retries_a_delivery_with_the_same_transaction_id(

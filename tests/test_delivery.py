@@ -343,16 +343,16 @@ async def test_a_retried_dead_letter_is_sent(
     await post(client, build_body(2))
     first, second = await wait_rows(store, "dead", 2)
 
-    assert await store.retry([first.id], time.time()) == 1
+    assert await store.requeue_dead([first.id], time.time()) == 1
     [sent] = await wait_rows(store, "sent")
     assert sent.id == first.id
     [still_dead] = await store.list_deliveries(state="dead")
     assert still_dead.id == second.id
 
-    assert await store.retry(None, time.time()) == 1  # every dead one
+    assert await store.requeue_dead(None, time.time()) == 1  # every dead one
     await wait_rows(store, "sent", 2)
     assert build_ids(fake_chat.requests_to("/a")) == [1, 2, 1, 2]
-    assert await store.retry([first.id], time.time()) == 0  # not dead: nothing to do
+    assert await store.requeue_dead([first.id], time.time()) == 0  # not dead: nothing to do
 
 
 # --- a store that refuses an outcome ----------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 
 from bridge.policy import Transition
 from bridge.store import NewEvent, Store, StoreUnavailable
-from bridge.store.postgres import MIGRATIONS, PostgresStore
+from bridge.store.postgres import PostgresStore
+from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import plan
 from tests.postgres import fresh_database
@@ -344,9 +345,9 @@ async def test_retry_queues_dead_letters_again(store: Store) -> None:
     await store.mark_dead(b, "HTTP 400", t0)
     await store.mark_sent(c, t0)
 
-    assert await store.retry([a, c], t0 + 1) == 1  # a sent delivery is not resent
+    assert await store.requeue_dead([a, c], t0 + 1) == 1  # a sent delivery is not resent
     assert await claim_ids(store, "ci-alerts", t0 + 1) == [a]
-    assert await store.retry(None, t0 + 2) == 1
+    assert await store.requeue_dead(None, t0 + 2) == 1
     rows = {r.id: r for r in await store.list_deliveries()}
     assert (rows[b].state, rows[b].attempts) == ("pending", 0)
     assert rows[c].state == "sent"
@@ -718,3 +719,31 @@ async def test_an_unreachable_server_is_unavailable_without_its_password() -> No
 
     assert "127.0.0.1:1/bridge" in str(failure.value)
     assert "s3cret-password" not in str(failure.value)
+
+
+async def test_a_claimed_delivery_carries_a_key_of_its_event_destination_and_id(
+    backend: Backend, tmp_path: Path
+) -> None:
+    first = backend.make()
+    await first.open(serving=True)
+    try:
+        await first.accept(event(1), plan(["ci-alerts", "audit"]))
+        [old] = (await first.claim("ci-alerts", time.time(), 10, LEASE)).deliveries
+        [other_lane] = (await first.claim("audit", time.time(), 10, LEASE)).deliveries
+        await first.release([old.id])
+        [again] = (await first.claim("ci-alerts", time.time(), 10, LEASE)).deliveries
+    finally:
+        await first.close()
+    assert old.event_key == event(1).key
+    assert again.key == old.key  # every try of one delivery: the same key
+    assert other_lane.key != old.key
+    # A new, empty store numbers its deliveries from 1 again: another event, another key.
+    fresh = SqliteStore(tmp_path / "fresh.sqlite3")
+    await fresh.open(serving=True)
+    try:
+        await fresh.accept(event(2), plan(["ci-alerts"]))
+        [renumbered] = (await fresh.claim("ci-alerts", time.time(), 10, LEASE)).deliveries
+    finally:
+        await fresh.close()
+    assert renumbered.id == old.id
+    assert renumbered.key != old.key

@@ -21,17 +21,6 @@ Body = dict[str, Any] | str
 Fits = Callable[[Body], str | None]
 
 
-def delivery_key(delivery_id: int, body: Body) -> str:
-    """An id for one delivery's message, for chats that drop a repeated one (an idempotency
-    key, a transaction id).
-
-    The same for every attempt of one delivery (the body renders the same); the body's
-    digest keeps the ids of a new, empty store (whose delivery ids start at 1 again) apart
-    from the old ones, which a receiver may still remember.
-    """
-    return message_key(str(delivery_id), body)
-
-
 def message_key(kind: str, body: Body) -> str:
     """`jobserv-bridge-<kind>-<digest of body>`: the same body gets the same key."""
     data = (
@@ -60,7 +49,7 @@ class DestinationSettings(BaseModel):
 
 
 class Chat(Protocol):
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         """Build the request, send it, read the answer. Network errors may propagate."""
         ...
 
@@ -73,7 +62,7 @@ class ThreadedChat(Chat, Protocol):
     failure's message, which is edited to show the latest state.
     """
 
-    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+    async def reply(self, body: Body, key: str, thread: str) -> Outcome:
         """Post `body` as a reply in `thread` (a `Sent.ref` of an earlier send)."""
         ...
 

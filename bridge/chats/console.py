@@ -23,7 +23,7 @@ class Console:
     def __init__(self, settings: ConsoleSettings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
         sys.stdout.write(text.rstrip("\n") + "\n")
         sys.stdout.flush()

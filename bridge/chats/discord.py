@@ -42,7 +42,7 @@ class Discord:
             if value
         }
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         payload = {**self.identity, **body} if isinstance(body, dict) else {"content": body}
         answer = await send_json(self.session, self.url, payload)
         after = retry_after(answer) if answer.status == 429 else None

@@ -7,7 +7,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, SecretStr
 
-from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key
+from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.webhook import read_text
 from bridge.outcome import Outcome, from_http
 
@@ -27,10 +27,8 @@ class Generic:
         self.url = settings.url.get_secret_value()
         self.headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
-        # Not the delivery id alone: a new store numbers its deliveries from 1 again, and a
-        # receiver that honours the key would drop their messages as repeats.
-        headers = {"Idempotency-Key": delivery_key(delivery_id, body), **self.headers}
+    async def send(self, body: Body, key: str) -> Outcome:
+        headers = {"Idempotency-Key": key, **self.headers}
         async with self.session.post(self.url, json=body, headers=headers) as response:
             return from_http(response.status, response.headers, await read_text(response))
 

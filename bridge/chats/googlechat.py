@@ -26,7 +26,7 @@ class GoogleChat:
         self.session = session
         self.url = settings.url.get_secret_value()
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         answer = await send_json(self.session, self.url, body)
         return from_http(answer.status, answer.headers, answer.text)
 

@@ -14,7 +14,7 @@ import aiohttp
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from bridge.chats.base import Body, ChatType, DestinationSettings, delivery_key, message_key
+from bridge.chats.base import Body, ChatType, DestinationSettings, message_key
 from bridge.chats.limits import matrix_fits
 from bridge.chats.webhook import Answer, send_json
 from bridge.outcome import Outcome, Sent, from_http
@@ -37,11 +37,6 @@ class MatrixSettings(DestinationSettings):
         return room_id
 
 
-def transaction_id(delivery_id: int, body: Body) -> str:
-    """The same for every attempt of one delivery, and not one a new store repeats."""
-    return delivery_key(delivery_id, body)
-
-
 def retry_after(answer: Answer) -> float | None:
     """Matrix's own signal: `retry_after_ms` in an M_LIMIT_EXCEEDED error."""
     milliseconds: Any = answer.json().get("retry_after_ms")
@@ -60,11 +55,11 @@ class Matrix:
         )
         self.headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         content = _content(body)
-        return await self._put(content, transaction_id(delivery_id, content))
+        return await self._put(content, key)
 
-    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+    async def reply(self, body: Body, key: str, thread: str) -> Outcome:
         """A reply in the thread of event `thread` (an `m.thread` relation), shown as a
         reply to it by clients that know no threads."""
         relation = {
@@ -74,7 +69,7 @@ class Matrix:
             "m.in_reply_to": {"event_id": thread},
         }
         content = {**_content(body), "m.relates_to": relation}
-        return await self._put(content, transaction_id(delivery_id, content))
+        return await self._put(content, key)
 
     async def update(self, thread: str, body: Body) -> Outcome:
         """An edit of event `thread` (an `m.replace` relation): its new content, and a

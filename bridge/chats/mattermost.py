@@ -38,7 +38,7 @@ class Mattermost:
             if value
         }
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         payload = {**self.overrides, **body} if isinstance(body, dict) else {"text": body}
         answer = await send_json(self.session, self.url, payload)
         return from_http(answer.status, answer.headers, answer.text)

@@ -44,7 +44,7 @@ class RocketChat:
         self.session = session
         self.url = settings.url.get_secret_value()
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         answer = await send_json(self.session, self.url, body)
         after = retry_after(answer) if answer.status == 429 else None
         return from_http(

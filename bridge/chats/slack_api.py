@@ -32,10 +32,10 @@ class SlackApi:
         self.api_url = settings.api_url
         self.session = session
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         return await self._call("chat_postMessage", channel=self.channel, **_payload(body))
 
-    async def reply(self, body: Body, delivery_id: int, thread: str) -> Outcome:
+    async def reply(self, body: Body, key: str, thread: str) -> Outcome:
         channel, ts = thread.split("/", 1)
         return await self._call("chat_postMessage", channel=channel, thread_ts=ts, **_payload(body))
 

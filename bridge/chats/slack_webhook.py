@@ -24,7 +24,7 @@ class SlackWebhook:
         self.url = settings.url
         self.session = session
 
-    async def send(self, body: Body, delivery_id: int) -> Outcome:
+    async def send(self, body: Body, key: str) -> Outcome:
         payload = body if isinstance(body, dict) else {"text": body}
         async with capped_session(self.session) as session:  # answers read up to a cap
             # Retries are decided in one place (bridge.outcome), never inside the client.

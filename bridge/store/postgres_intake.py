@@ -1,0 +1,157 @@
+"""The PostgreSQL outbox's intake: accepting an event, its place in its trigger's history,
+its deliveries; and the write that `/readyz` checks."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bridge.policy import (
+    STREAK_LIMIT,
+    History,
+    above,
+    streak_history,
+    transition,
+)
+from bridge.store import (
+    Accepted,
+    NewEvent,
+    Plan,
+    StoreUnavailable,
+)
+from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
+
+# A new event also takes its (factory, trigger)'s history lock, held until commit: the
+# events of one trigger are accepted one at a time over all replicas, each reading the
+# history that the ones before it wrote (a later statement, so a later snapshot).
+_INSERT_EVENT = """
+WITH event AS (
+    INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3)) FROM event
+"""
+
+# What a store reads of a trigger's history for a new event (see `policy.streak_history`).
+_RERUN = """SELECT status FROM builds WHERE factory = $1 AND trigger = $2 AND build_id = $3
+    AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)"""
+_PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id < $3 ORDER BY build_id DESC LIMIT 1"""
+_ENDED = """coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
+    -9223372036854775808)"""
+_STREAK = f"""
+SELECT
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id > {_ENDED} AND build_id < $3 ORDER BY build_id LIMIT 1) AS since,
+    (SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id > {_ENDED} AND build_id < $3 LIMIT $4) AS streak) AS count
+"""
+
+_RECORD = """
+WITH build AS (
+    INSERT INTO builds (factory, trigger, build_id, status, completed_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (factory, trigger, build_id) DO UPDATE
+    SET status = excluded.status, completed_at = excluded.completed_at
+    WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)
+), event AS (
+    UPDATE events SET transition = $6::jsonb WHERE id = $7
+)
+INSERT INTO deliveries (event_id, destination, created_at, updated_at, next_attempt_at, mentions)
+SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb
+FROM unnest($9::text[], $10::text[]) WITH ORDINALITY AS wanted (name, mentions, position)
+ORDER BY wanted.position
+"""
+
+# What is known above a late build: its newest, and the failing streak just above it.
+_LATER = """SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id > $3"""
+_ENDED_ABOVE = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
+    AND build_id > $3 AND status <> 'FAILED' ORDER BY build_id LIMIT 1"""
+_FAILED_ABOVE = """SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1
+    AND trigger = $2 AND build_id > $3 AND build_id < $4 LIMIT $5) AS streak"""
+
+
+_EXISTING = """
+SELECT id, (SELECT count(*) FROM deliveries WHERE event_id = events.id) AS deliveries
+FROM events WHERE key = $1
+"""
+
+
+class PostgresIntake(PostgresPool):
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
+        async def work(c: Any) -> Accepted:
+            # A repeat may be purged between the two statements: then it is new again.
+            for _ in range(3):
+                async with c.transaction():
+                    row = await c.fetchrow(
+                        _INSERT_EVENT,
+                        event.key,
+                        event.factory,
+                        event.trigger,
+                        event.build_id,
+                        event.status,
+                        event.body,
+                        event.received_at,
+                        HISTORY_LOCK_CLASS,
+                    )
+                    if row is not None:
+                        return await _record(c, int(row["id"]), event, plan)
+                row = await c.fetchrow(_EXISTING, event.key)
+                if row is not None:
+                    return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
+            raise StoreUnavailable(f"event {event.key} keeps being purged as it is stored")
+
+        return await self._run(work)
+
+    async def ping(self) -> None:
+        await self._execute(
+            "INSERT INTO heartbeat (id, at) VALUES (1, $1)"
+            " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            time.time(),
+        )
+
+
+async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepted:
+    """The new event's place in its trigger's history, and the deliveries `plan` picks."""
+    change = transition(event.build_id, event.status, await _history(c, event))
+    targets = plan(change)
+    await c.execute(
+        _RECORD,
+        event.factory,
+        event.trigger,
+        event.build_id,
+        event.status,
+        event.completed_at,
+        json.dumps(change.as_dict()),
+        event_id,
+        event.received_at,
+        [name for name, _ in targets],
+        [json.dumps(list(mentions)) if mentions else None for _, mentions in targets],
+    )
+    names = tuple(name for name, _ in targets)
+    return Accepted(event_id, len(targets), False, names, change)
+
+
+async def _history(c: Any, event: NewEvent) -> History:
+    """The build before this one and the failing streak it ends, reading only that far."""
+    trigger = (event.factory, event.trigger, event.build_id)
+    rerun = await c.fetchval(_RERUN, *trigger, event.status, event.completed_at)
+    found = await c.fetchrow(_PRIOR, *trigger)
+    prior = (int(found["build_id"]), str(found["status"])) if found else None
+    streak = None
+    if prior is not None and prior[1] == "FAILED":
+        row = await c.fetchrow(_STREAK, *trigger, STREAK_LIMIT)
+        streak = (int(row["since"]), int(row["count"]))
+    before = streak_history(event.build_id, rerun, prior, streak)
+    later = await c.fetchval(_LATER, *trigger)
+    if later is None:
+        return before
+    found = await c.fetchrow(_ENDED_ABOVE, *trigger)
+    ended = (int(found["build_id"]), str(found["status"])) if found else None
+    failed = await c.fetchval(_FAILED_ABOVE, *trigger, ended[0] if ended else HIGHEST, STREAK_LIMIT)
+    return above(before, int(later), ended, int(failed))

@@ -1,0 +1,296 @@
+"""The PostgreSQL outbox's lanes: ownership, claims, outcomes, and the threads a threaded
+destination keeps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.incidents import Key, Record, Seen, Window
+from bridge.store import (
+    Claim,
+    Delivery,
+    State,
+)
+from bridge.store.postgres_pool import (
+    HIGHEST,
+    LOWEST,
+    PostgresPool,
+    log,
+    stored_transition,
+)
+
+# A window (see `incidents.Window`): the passed builds nearest below and above a build ...
+_WINDOW_BOUNDS = """
+SELECT
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2 AND build_id < $3
+        AND status = 'PASSED' ORDER BY build_id DESC LIMIT 1) AS lower,
+    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2 AND build_id > $3
+        AND status = 'PASSED' ORDER BY build_id LIMIT 1) AS upper
+"""
+# ... and each build between, with the newest event that gave it its status.
+_WINDOW_BUILDS = """
+SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory
+    AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status) AS event_id
+FROM builds b WHERE b.factory = $1 AND b.trigger = $2 AND b.build_id > $3 AND b.build_id <= $4
+ORDER BY b.build_id
+"""
+_THREAD_RECORDS = """
+SELECT kind, anchor, build_id, ref, digest, reposted FROM thread_messages
+WHERE destination = $1 AND factory = $2 AND trigger = $3
+    AND ((anchor > $4 AND anchor < $5) OR (build_id > $4 AND build_id <= $5))
+"""
+
+
+# Rows another transaction is claiming or finishing are skipped, not waited for ...
+_LOCK_HEAD = """
+SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
+    d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.destination = $1 AND d.state = 'pending'
+ORDER BY d.id LIMIT $2
+FOR UPDATE OF d SKIP LOCKED
+"""
+# ... and the lane's real head says where the rows we hold stop being its front.
+_HEAD = """
+SELECT id FROM deliveries WHERE destination = $1 AND state = 'pending' ORDER BY id LIMIT $2
+"""
+
+
+class PostgresLanes(PostgresPool):
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        async def work(c: Any) -> str | None:
+            found = await c.fetchval(
+                "SELECT thread FROM threads"
+                " WHERE destination = $1 AND factory = $2 AND trigger = $3",
+                destination,
+                factory,
+                trigger,
+            )
+            return None if found is None else str(found)
+
+        return await self._run(work)
+
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        if thread is None:
+            await self._execute(
+                "DELETE FROM threads WHERE destination = $1 AND factory = $2 AND trigger = $3",
+                destination,
+                factory,
+                trigger,
+            )
+        else:
+            await self._execute(
+                "INSERT INTO threads (destination, factory, trigger, thread)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (destination, factory, trigger)"
+                " DO UPDATE SET thread = excluded.thread",
+                destination,
+                factory,
+                trigger,
+                thread,
+            )
+
+    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+        async def work(c: Any) -> Claim:
+            held = {row["id"]: row for row in await c.fetch(_LOCK_HEAD, destination, limit)}
+            head = [row["id"] for row in await c.fetch(_HEAD, destination, limit)]
+            taken: list[Delivery] = []
+            next_due = None
+            for id_ in head:
+                row = held.get(id_)
+                if row is None:
+                    break  # another transaction holds the head: keep the lane in order
+                claimed_until = row["claimed_until"]
+                if claimed_until is not None and claimed_until > now:
+                    break  # another claim holds it
+                due = float(row["next_attempt_at"])
+                if due > now:
+                    next_due = due if not taken else None
+                    break
+                taken.append(
+                    Delivery(
+                        int(id_),
+                        int(row["event_id"]),
+                        destination,
+                        int(row["attempts"]),
+                        float(row["created_at"]),
+                        bytes(row["body"]),
+                        str(row["factory"]),
+                        int(row["build_id"]),
+                        str(row["trigger"]),
+                        stored_transition(row["transition"]),
+                        tuple(json.loads(row["mentions"])) if row["mentions"] else (),
+                        str(row["key"]),
+                    )
+                )
+            if taken:
+                await c.execute(
+                    "UPDATE deliveries SET claimed_until = $1 WHERE id = ANY($2::bigint[])",
+                    now + lease,
+                    [d.id for d in taken],
+                )
+            return Claim(taken, next_due)
+
+        return await self._run(work, transaction=True)
+
+    async def release(self, ids: list[int]) -> None:
+        if ids:
+            await self._execute(
+                "UPDATE deliveries SET claimed_until = NULL WHERE id = ANY($1::bigint[])", ids
+            )
+
+    async def _finish(
+        self, delivery_id: int, state: State, at: float, error: str | None, now: float
+    ) -> None:
+        await self._execute(
+            "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2,"
+            " last_error = coalesce($3, last_error), updated_at = $4, claimed_until = NULL"
+            " WHERE id = $5",
+            state,
+            at,
+            error,
+            now,
+            delivery_id,
+        )
+
+    async def mark_sent(self, delivery_id: int, now: float) -> None:
+        await self._finish(delivery_id, "sent", now, None, now)
+
+    async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None:
+        await self._finish(delivery_id, "pending", at, error, now)
+
+    async def mark_dead(self, delivery_id: int, error: str, now: float) -> None:
+        await self._finish(delivery_id, "dead", now, error, now)
+
+    async def kill_orphans(self, destinations: set[str], now: float) -> int:
+        return await self._execute(
+            "UPDATE deliveries SET state = 'dead', updated_at = $1, claimed_until = NULL,"
+            " last_error = 'destination ' || destination || ' is no longer configured'"
+            " WHERE state = 'pending' AND destination <> ALL($2::text[])",
+            now,
+            sorted(destinations),
+        )
+
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        async def work(c: Any) -> Window:
+            bounds = await c.fetchrow(_WINDOW_BOUNDS, factory, trigger, build_id)
+            lower, upper = bounds["lower"], bounds["upper"]
+            rows = await c.fetch(
+                _WINDOW_BUILDS,
+                factory,
+                trigger,
+                LOWEST if lower is None else lower,
+                HIGHEST if upper is None else upper,
+            )
+            builds = {
+                int(row["build_id"]): Seen(
+                    str(row["status"]), None if row["event_id"] is None else int(row["event_id"])
+                )
+                for row in rows
+            }
+            return Window(
+                None if lower is None else int(lower), None if upper is None else int(upper), builds
+            )
+
+        return await self._run(work, transaction=True)
+
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        async def work(c: Any) -> dict[int, bytes]:
+            rows = await c.fetch("SELECT id, body FROM events WHERE id = ANY($1::bigint[])", ids)
+            return {int(row["id"]): bytes(row["body"]) for row in rows}
+
+        return await self._run(work)
+
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        async def work(c: Any) -> dict[int, tuple[str, ...]]:
+            rows = await c.fetch(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = $1"
+                " AND mentions IS NOT NULL AND event_id = ANY($2::bigint[])",
+                destination,
+                event_ids,
+            )
+            return {int(row["event_id"]): tuple(json.loads(row["mentions"])) for row in rows}
+
+        return await self._run(work)
+
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        async def work(c: Any) -> list[Record]:
+            rows = await c.fetch(
+                _THREAD_RECORDS,
+                destination,
+                factory,
+                trigger,
+                LOWEST if window.lower is None else window.lower,
+                HIGHEST if window.upper is None else window.upper,
+            )
+            return [
+                Record(
+                    row["kind"],
+                    int(row["anchor"]),
+                    int(row["build_id"]),
+                    str(row["ref"]),
+                    str(row["digest"]),
+                    bool(row["reposted"]),
+                )
+                for row in rows
+            ]
+
+        return await self._run(work)
+
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        await self._execute(
+            "INSERT INTO thread_messages (destination, factory, trigger, anchor, kind, build_id,"
+            " ref, digest, reposted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (destination, factory, trigger, anchor, kind, build_id) DO UPDATE"
+            " SET ref = excluded.ref, digest = excluded.digest, reposted = excluded.reposted",
+            destination,
+            factory,
+            trigger,
+            record.anchor,
+            record.kind,
+            record.build,
+            record.ref,
+            record.digest,
+            record.reposted,
+        )
+
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        async def work(c: Any) -> None:
+            await c.executemany(
+                "DELETE FROM thread_messages WHERE destination = $1 AND factory = $2"
+                " AND trigger = $3 AND kind = $4 AND anchor = $5 AND build_id = $6",
+                [(destination, factory, trigger, *key) for key in keys],
+            )
+
+        await self._run(work)
+
+    async def own_lane(self, destination: str) -> bool:
+        if not await self._lanes.hold(destination):
+            return False
+        if destination in self._lanes.fresh:
+            # We just took the lane: every claim left in it is its previous owner's,
+            # and that owner is gone or has stopped the lane.
+            released = await self._execute(
+                "UPDATE deliveries SET claimed_until = NULL"
+                " WHERE destination = $1 AND state = 'pending' AND claimed_until IS NOT NULL",
+                destination,
+            )
+            self._lanes.fresh.discard(destination)
+            if released:
+                log.info(
+                    "lane %s: released %d claim(s) its previous owner left", destination, released
+                )
+        return True
+
+    async def release_lane(self, destination: str) -> None:
+        await self._lanes.drop(destination)

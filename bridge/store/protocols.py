@@ -1,0 +1,140 @@
+"""What each kind of caller needs of the outbox: the intake, the lanes (and the threads they
+keep), the reports (CLI, status page, metrics) and the operator's commands. Every backend
+implements all of them (`bridge.store.Store`); a caller is typed with the narrowest."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bridge.incidents import Key, Record, Window
+from bridge.store.records import (
+    Accepted,
+    Claim,
+    DeliveryRow,
+    DestinationStats,
+    EventRow,
+    HourActivity,
+    NewEvent,
+    Plan,
+    State,
+)
+
+
+class IntakeStore(Protocol):
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
+        """Store the event, its place in the (factory, trigger) history, and the deliveries
+        `plan` picks given the event's transition; all in one transaction."""
+        ...
+
+    async def ping(self) -> None:
+        """Write to the store and commit; raises StoreUnavailable when it cannot."""
+        ...
+
+
+class ThreadStore(Protocol):
+    """A threaded destination's messages and the builds around an incident (bridge.threads)."""
+
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        """The chat thread that follow-ups for (factory, trigger) go to, if one is open."""
+        ...
+
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        """Open (or move) the thread for (factory, trigger); None closes it."""
+        ...
+
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        """The builds whose incidents `build_id`'s arrival can change (see `Window`), each
+        with its status and the newest stored event that gave that status."""
+        ...
+
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        """The bodies of these stored events (those still stored)."""
+        ...
+
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        """Who the deliveries of these events to `destination` mention (those that do)."""
+        ...
+
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        """The destination's messages about (factory, trigger) that `window` covers."""
+        ...
+
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        """Keep (or replace) the record of one message."""
+        ...
+
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        """Forget messages that are gone from the chat."""
+        ...
+
+
+class LaneStore(ThreadStore, Protocol):
+    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim: ...
+
+    async def release(self, ids: list[int]) -> None:
+        """Give claimed deliveries back untouched (shutdown, or a lane that stopped early)."""
+        ...
+
+    async def mark_sent(self, delivery_id: int, now: float) -> None: ...
+
+    async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None: ...
+
+    async def mark_dead(self, delivery_id: int, error: str, now: float) -> None: ...
+
+    async def kill_orphans(self, destinations: set[str], now: float) -> int:
+        """Dead-letter pending deliveries to destinations the config no longer has."""
+        ...
+
+    async def own_lane(self, destination: str) -> bool:
+        """Whether this process may claim `destination`'s deliveries now."""
+        ...
+
+    async def release_lane(self, destination: str) -> None:
+        """Give the lane up (its lane stopped), so that another replica can take it."""
+        ...
+
+
+class ReportStore(Protocol):
+    async def list_deliveries(
+        self, state: State | None = None, destination: str | None = None, limit: int = 100
+    ) -> list[DeliveryRow]: ...
+
+    async def counts(self) -> dict[State, int]: ...
+
+    async def destination_stats(self) -> dict[str, DestinationStats]:
+        """Pending and dead deliveries per destination that has any."""
+        ...
+
+    async def recent_events(
+        self, limit: int, factory: str | None = None, build_id: int | None = None
+    ) -> list[EventRow]:
+        """The newest events first, each with its deliveries in id order."""
+        ...
+
+    async def hourly_activity(self, since: float, hours: int) -> list[HourActivity]:
+        """`hours` consecutive hours from `since`, every hour present (zeros included)."""
+        ...
+
+
+class OperationsStore(Protocol):
+    async def requeue_dead(self, ids: list[int] | None, now: float) -> int:
+        """Queue dead deliveries again: those in `ids`, or every one when `ids` is None."""
+        ...
+
+    async def purge(self, before: float, states: tuple[State, ...]) -> int:
+        """Delete deliveries in `states` last changed before `before`, and events left empty."""
+        ...
+
+
+class DispatchStore(LaneStore, OperationsStore, Protocol):
+    """What the dispatcher needs: its lanes' calls, and pruning what was sent long ago."""

@@ -1,0 +1,138 @@
+"""The records the outbox stores and gives back, and its one error."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge.policy import Transition
+
+log = logging.getLogger("bridge.store")
+
+State = Literal["pending", "sent", "dead"]
+# Given an event's transition, the deliveries to make: (destination, mentions) pairs.
+Plan = Callable[[Transition], list[tuple[str, tuple[str, ...]]]]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take or give data right now (disk full, locked, closed)."""
+
+
+def unavailable(
+    what: str, exc: BaseException, expected: tuple[type[BaseException], ...]
+) -> StoreUnavailable:
+    """`exc`, raised in a store call, as a StoreUnavailable: the intake answers 503 for
+    that whatever failed, never 500. One not of the `expected` kinds (the backend's own
+    errors) is logged with its traceback, as it may be a bug rather than an outage."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not isinstance(exc, expected):
+        log.warning("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
+    return StoreUnavailable(f"{what}: {str(exc) or type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    key: str  # the JobServ event identity: one row per (url, status, completed)
+    factory: str
+    trigger: str
+    build_id: int
+    status: str
+    body: bytes  # exactly as received
+    received_at: float
+    completed_at: float | None = None  # when JobServ says the build completed
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event_id: int
+    deliveries: int
+    duplicate: bool
+    destinations: tuple[str, ...] = ()
+    transition: Transition | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A claimed delivery, with what is needed to render and send it."""
+
+    id: int
+    event_id: int
+    destination: str
+    attempts: int  # attempts made before this one
+    created_at: float
+    body: bytes
+    factory: str = ""
+    build_id: int = 0
+    trigger: str = ""
+    transition: Transition | None = None
+    mentions: tuple[str, ...] = ()
+    event_key: str = ""  # the stored event's identity (`NewEvent.key`)
+
+    @property
+    def key(self) -> str:
+        """The delivery's idempotency key for its chat: the same for every attempt (its body
+        may render differently from one try to the next), and not one that a new store's
+        delivery of the same number, for another event, repeats."""
+        identity = f"{self.event_key}\n{self.destination}\n{self.id}"
+        return f"jobserv-bridge-{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    deliveries: list[Delivery]
+    next_due: float | None  # when the lane's head is due, if nothing is due now
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """A delivery as the outbox CLI shows it."""
+
+    id: int
+    event_id: int
+    destination: str
+    state: State
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float
+    last_error: str | None
+    factory: str
+    trigger: str
+    build_id: int
+    status: str
+
+
+@dataclass(frozen=True)
+class DestinationStats:
+    pending: int
+    oldest_pending_at: float | None  # created_at of the oldest pending delivery
+    dead: int
+    oldest_dead_at: float | None = None  # created_at of the oldest dead delivery
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A stored event with its deliveries, as the status page shows it."""
+
+    id: int
+    factory: str
+    trigger: str
+    build_id: int
+    status: str
+    received_at: float
+    body: bytes
+    deliveries: list[DeliveryRow]
+
+
+@dataclass(frozen=True)
+class HourActivity:
+    """One hour of the status page's chart."""
+
+    start: float
+    events: int  # events received in the hour
+    failed_builds: int  # of those, builds whose status is FAILED
+    dead_deliveries: int  # deliveries that became dead letters in the hour (by updated_at)

@@ -1,0 +1,153 @@
+"""The SQLite outbox's intake: accepting an event, its place in its trigger's history, its
+deliveries; and the write that `/readyz` checks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+from bridge.policy import (
+    STREAK_LIMIT,
+    History,
+    above,
+    streak_history,
+    transition,
+)
+from bridge.store import (
+    Accepted,
+    NewEvent,
+    Plan,
+)
+from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
+
+
+class SqliteIntake(SqliteWriter):
+    async def accept(self, event: NewEvent, plan: Plan) -> Accepted:
+        def work(c: sqlite3.Connection) -> Accepted:
+            change = transition(event.build_id, event.status, _history(c, event))
+            row = c.execute(
+                "INSERT INTO events"
+                " (key, factory, trigger, build_id, status, body, received_at, transition)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+                (
+                    event.key,
+                    event.factory,
+                    event.trigger,
+                    event.build_id,
+                    event.status,
+                    event.body,
+                    event.received_at,
+                    json.dumps(change.as_dict()),
+                ),
+            ).fetchone()
+            if row is None:
+                (event_id,) = c.execute(
+                    "SELECT id FROM events WHERE key = ?", (event.key,)
+                ).fetchone()
+                (count,) = c.execute(
+                    "SELECT count(*) FROM deliveries WHERE event_id = ?", (event_id,)
+                ).fetchone()
+                return Accepted(event_id, count, duplicate=True)
+            (event_id,) = row
+            c.execute(
+                "INSERT INTO builds (factory, trigger, build_id, status, completed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status = excluded.status,"
+                " completed_at = excluded.completed_at"
+                " WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)",
+                (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
+            )
+            targets = plan(change)
+            now = event.received_at
+            c.executemany(
+                "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
+                " next_attempt_at, mentions) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (event_id, name, now, now, now, json.dumps(mentions) if mentions else None)
+                    for name, mentions in targets
+                ],
+            )
+            names = tuple(name for name, _ in targets)
+            return Accepted(event_id, len(targets), False, names, change)
+
+        return await self._call(work, durable=True)
+
+    async def ping(self) -> None:
+        now = time.time()
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO heartbeat (id, at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
+        )
+
+
+def _history(c: sqlite3.Connection, event: NewEvent) -> History:
+    """The build before this one and the failing streak it ends, reading only that far.
+
+    A re-run that completed the same build earlier with another status counts as the
+    build before: a re-run that passes fixes the build that had failed.
+    """
+    trigger = (event.factory, event.trigger)
+    rerun = c.execute(
+        "SELECT status FROM builds WHERE factory = ? AND trigger = ? AND build_id = ?"
+        " AND status != ? AND coalesce(completed_at, 0) <= coalesce(?, 0)",
+        (*trigger, event.build_id, event.status, event.completed_at),
+    ).fetchone()
+    prior = c.execute(
+        "SELECT build_id, status FROM builds WHERE factory = ? AND trigger = ? AND build_id < ?"
+        " ORDER BY build_id DESC LIMIT 1",
+        (*trigger, event.build_id),
+    ).fetchone()
+    failed_before = prior is not None and prior[1] == "FAILED"
+    before = streak_history(
+        event.build_id,
+        rerun[0] if rerun else None,
+        (prior[0], prior[1]) if prior else None,
+        _streak(c, trigger, event.build_id) if failed_before else None,
+    )
+    return _above(c, before, event)
+
+
+def _above(c: sqlite3.Connection, before: History, event: NewEvent) -> History:
+    """What is known above a late build: its newest, and the failing streak just above."""
+    key = (event.factory, event.trigger, event.build_id)
+    later = scalar(
+        c,
+        "SELECT max(build_id) FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?",
+        key,
+    )
+    if later is None:
+        return before
+    ended = c.execute(
+        "SELECT build_id, status FROM builds INDEXED BY builds_ended WHERE factory = ?"
+        " AND trigger = ? AND build_id > ? AND status != 'FAILED' ORDER BY build_id LIMIT 1",
+        key,
+    ).fetchone()
+    (failed,) = c.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = ? AND trigger = ?"
+        " AND build_id > ? AND build_id < ? LIMIT ?)",
+        (*key, ended[0] if ended else HIGHEST, STREAK_LIMIT),
+    ).fetchone()
+    return above(before, later, (ended[0], ended[1]) if ended else None, failed)
+
+
+def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> tuple[int, int]:
+    """The first build and the length (counted up to STREAK_LIMIT) of the failing streak
+    just below `build_id`; index lookups, however long the streak."""
+    ended = c.execute(
+        "SELECT build_id FROM builds INDEXED BY builds_ended"
+        " WHERE factory = ? AND trigger = ? AND build_id < ? AND status != 'FAILED'"
+        " ORDER BY build_id DESC LIMIT 1",
+        (*trigger, build_id),
+    ).fetchone()
+    span = (*trigger, ended[0] if ended else -(2**63), build_id)
+    since, count = c.execute(
+        "SELECT (SELECT build_id FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id > ?3 AND build_id < ?4 ORDER BY build_id LIMIT 1),"
+        " (SELECT count(*) FROM (SELECT 1 FROM builds"
+        "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4 LIMIT ?5))",
+        (*span, STREAK_LIMIT),
+    ).fetchone()
+    return since, count

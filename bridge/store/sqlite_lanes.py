@@ -1,0 +1,221 @@
+"""The SQLite outbox's lanes: claims, outcomes, and the threads a threaded destination keeps."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from bridge.incidents import Key, Record, Seen, Window
+from bridge.policy import (
+    Transition,
+)
+from bridge.store import (
+    Claim,
+    Delivery,
+    State,
+)
+from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
+
+
+class SqliteLanes(SqliteWriter):
+    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+        def work(c: sqlite3.Connection) -> Claim:
+            rows = c.execute(
+                "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
+                " d.claimed_until, e.body, e.factory, e.build_id, e.trigger, e.transition,"
+                " d.mentions, e.key"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
+                (destination, limit),
+            ).fetchall()
+            taken: list[Delivery] = []
+            next_due = None
+            for id_, event_id, attempts, created_at, due, claimed_until, *event in rows:
+                if claimed_until is not None and claimed_until > now:
+                    break  # another claim holds the head: keep the lane in order
+                if due > now:
+                    next_due = due if not taken else None
+                    break
+                body, factory, build_id, trigger, change, mentions, event_key = event
+                taken.append(
+                    Delivery(
+                        id_,
+                        event_id,
+                        destination,
+                        attempts,
+                        created_at,
+                        body,
+                        factory,
+                        build_id,
+                        trigger,
+                        Transition.from_dict(json.loads(change)) if change else None,
+                        tuple(json.loads(mentions)) if mentions else (),
+                        event_key,
+                    )
+                )
+            c.executemany(
+                "UPDATE deliveries SET claimed_until = ? WHERE id = ?",
+                [(now + lease, d.id) for d in taken],
+            )
+            return Claim(taken, next_due)
+
+        return await self._call(work)
+
+    async def release(self, ids: list[int]) -> None:
+        await self._call(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET claimed_until = NULL WHERE id = ?", [(i,) for i in ids]
+            )
+        )
+
+    async def _finish(
+        self, delivery_id: int, state: State, at: float, error: str | None, now: float
+    ) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = coalesce(?, last_error), updated_at = ?, claimed_until = NULL"
+                " WHERE id = ?",
+                (state, at, error, now, delivery_id),
+            )
+        )
+
+    async def mark_sent(self, delivery_id: int, now: float) -> None:
+        await self._finish(delivery_id, "sent", now, None, now)
+
+    async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None:
+        await self._finish(delivery_id, "pending", at, error, now)
+
+    async def mark_dead(self, delivery_id: int, error: str, now: float) -> None:
+        await self._finish(delivery_id, "dead", now, error, now)
+
+    async def kill_orphans(self, destinations: set[str], now: float) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            names = sorted(destinations)
+            marks = ",".join("?" * len(names))
+            return c.execute(
+                "UPDATE deliveries SET state = 'dead', updated_at = ?, claimed_until = NULL,"
+                " last_error = 'destination ' || destination || ' is no longer configured'"
+                f" WHERE state = 'pending' AND destination NOT IN ({marks})",
+                (now, *names),
+            ).rowcount
+
+        return await self._call(work)
+
+    async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
+        def work(c: sqlite3.Connection) -> str | None:
+            row = c.execute(
+                "SELECT thread FROM threads WHERE destination = ? AND factory = ? AND trigger = ?",
+                (destination, factory, trigger),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._call(work)
+
+    async def set_thread(
+        self, destination: str, factory: str, trigger: str, thread: str | None
+    ) -> None:
+        key = (destination, factory, trigger)
+        if thread is None:
+            sql = "DELETE FROM threads WHERE destination = ? AND factory = ? AND trigger = ?"
+            await self._call(lambda c: c.execute(sql, key))
+        else:
+            sql = (
+                "INSERT INTO threads (destination, factory, trigger, thread) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET thread = excluded.thread"
+            )
+            await self._call(lambda c: c.execute(sql, (*key, thread)))
+
+    async def trigger_window(self, factory: str, trigger: str, build_id: int) -> Window:
+        def work(c: sqlite3.Connection) -> Window:
+            key = (factory, trigger, build_id)
+            lower = scalar(c, _LOWER_PASSED, key)
+            upper = scalar(c, _UPPER_PASSED, key)
+            span = (factory, trigger, bound(lower, LOWEST), bound(upper, HIGHEST))
+            builds = {
+                number: Seen(status, event_id)
+                for number, status, event_id in c.execute(_WINDOW_BUILDS, span)
+            }
+            return Window(lower, upper, builds)
+
+        return await self._call(work)
+
+    async def event_bodies(self, ids: list[int]) -> dict[int, bytes]:
+        def work(c: sqlite3.Connection) -> dict[int, bytes]:
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(f"SELECT id, body FROM events WHERE id IN ({marks})", ids)
+            return {int(id_): bytes(body) for id_, body in rows}
+
+        return await self._call(work)
+
+    async def delivery_mentions(
+        self, destination: str, event_ids: list[int]
+    ) -> dict[int, tuple[str, ...]]:
+        def work(c: sqlite3.Connection) -> dict[int, tuple[str, ...]]:
+            marks = ",".join("?" * len(event_ids))
+            rows = c.execute(
+                "SELECT event_id, mentions FROM deliveries WHERE destination = ?"
+                f" AND mentions IS NOT NULL AND event_id IN ({marks})",
+                (destination, *event_ids),
+            )
+            return {int(event): tuple(json.loads(found)) for event, found in rows}
+
+        return await self._call(work)
+
+    async def thread_records(
+        self, destination: str, factory: str, trigger: str, window: Window
+    ) -> list[Record]:
+        def work(c: sqlite3.Connection) -> list[Record]:
+            lower, upper = bound(window.lower, LOWEST), bound(window.upper, HIGHEST)
+            rows = c.execute(
+                "SELECT kind, anchor, build_id, ref, digest, reposted FROM thread_messages"
+                " WHERE destination = ?1 AND factory = ?2 AND trigger = ?3"
+                " AND ((anchor > ?4 AND anchor < ?5) OR (build_id > ?4 AND build_id <= ?5))",
+                (destination, factory, trigger, lower, upper),
+            )
+            return [Record(k, a, b, ref, d, bool(r)) for k, a, b, ref, d, r in rows]
+
+        return await self._call(work)
+
+    async def save_thread_record(
+        self, destination: str, factory: str, trigger: str, record: Record
+    ) -> None:
+        values = (destination, factory, trigger, record.anchor, record.kind, record.build)
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO thread_messages (destination, factory, trigger, anchor, kind,"
+                " build_id, ref, digest, reposted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET ref = excluded.ref, digest = excluded.digest,"
+                " reposted = excluded.reposted",
+                (*values, record.ref, record.digest, int(record.reposted)),
+            )
+        )
+
+    async def drop_thread_records(
+        self, destination: str, factory: str, trigger: str, keys: list[Key]
+    ) -> None:
+        await self._call(
+            lambda c: c.executemany(
+                "DELETE FROM thread_messages WHERE destination = ? AND factory = ?"
+                " AND trigger = ? AND kind = ? AND anchor = ? AND build_id = ?",
+                [(destination, factory, trigger, *key) for key in keys],
+            )
+        )
+
+
+# A window's bounds: the passed builds nearest below and above a build.
+_LOWER_PASSED = (
+    "SELECT build_id FROM builds WHERE factory = ? AND trigger = ? AND build_id < ?"
+    " AND status = 'PASSED' ORDER BY build_id DESC LIMIT 1"
+)
+_UPPER_PASSED = (
+    "SELECT build_id FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?"
+    " AND status = 'PASSED' ORDER BY build_id LIMIT 1"
+)
+# Each build in a window, with the newest event that gave it its status.
+_WINDOW_BUILDS = (
+    "SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory"
+    " AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status)"
+    " FROM builds b WHERE b.factory = ? AND b.trigger = ? AND b.build_id > ?"
+    " AND b.build_id <= ? ORDER BY b.build_id"
+)

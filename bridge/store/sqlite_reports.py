@@ -1,0 +1,135 @@
+"""The SQLite outbox's reports (CLI, status page, metrics) and operations (requeue, purge)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from bridge.store import (
+    DeliveryRow,
+    DestinationStats,
+    EventRow,
+    HourActivity,
+    State,
+)
+from bridge.store.sqlite_writer import SqliteWriter
+
+
+class SqliteReports(SqliteWriter):
+    async def list_deliveries(
+        self, state: State | None = None, destination: str | None = None, limit: int = 100
+    ) -> list[DeliveryRow]:
+        def work(c: sqlite3.Connection) -> list[DeliveryRow]:
+            rows = c.execute(
+                "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
+                " d.updated_at, d.next_attempt_at, d.last_error,"
+                " e.factory, e.trigger, e.build_id, e.status"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.destination = ?2)"
+                " ORDER BY d.id DESC LIMIT ?3",
+                (state, destination, limit),
+            ).fetchall()
+            return [DeliveryRow(*row) for row in rows]
+
+        return await self._call(work)
+
+    async def requeue_dead(self, ids: list[int] | None, now: float) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            update = (
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                " attempts = 0 WHERE state = 'dead'"
+            )
+            if ids is None:
+                return c.execute(update, (now, now)).rowcount
+            return sum(c.execute(update + " AND id = ?", (now, now, i)).rowcount for i in ids)
+
+        return await self._call(work)
+
+    async def purge(self, before: float, states: tuple[State, ...]) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(states))
+            deleted = c.execute(
+                f"DELETE FROM deliveries WHERE state IN ({marks}) AND updated_at < ?",
+                (*states, before),
+            ).rowcount
+            c.execute(
+                "DELETE FROM events WHERE received_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                (before,),
+            )
+            return deleted
+
+        return await self._call(work)
+
+    async def counts(self) -> dict[State, int]:
+        def work(c: sqlite3.Connection) -> dict[State, int]:
+            found = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+            return {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+
+        return await self._call(work)
+
+    async def destination_stats(self) -> dict[str, DestinationStats]:
+        def work(c: sqlite3.Connection) -> dict[str, DestinationStats]:
+            rows = c.execute(
+                "SELECT destination, sum(state = 'pending'),"
+                " min(CASE WHEN state = 'pending' THEN created_at END), sum(state = 'dead'),"
+                " min(CASE WHEN state = 'dead' THEN created_at END)"
+                " FROM deliveries WHERE state != 'sent' GROUP BY destination"
+            )
+            return {name: DestinationStats(*stats) for name, *stats in rows}
+
+        return await self._call(work)
+
+    async def recent_events(
+        self, limit: int, factory: str | None = None, build_id: int | None = None
+    ) -> list[EventRow]:
+        def work(c: sqlite3.Connection) -> list[EventRow]:
+            events = c.execute(
+                "SELECT id, factory, trigger, build_id, status, received_at, body FROM events"
+                " WHERE (?1 IS NULL OR factory = ?1) AND (?2 IS NULL OR build_id = ?2)"
+                " ORDER BY id DESC LIMIT ?3",
+                (factory, build_id, limit),
+            ).fetchall()
+            ids = [row[0] for row in events]
+            marks = ",".join("?" * len(ids))
+            deliveries: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
+            for row in c.execute(
+                "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
+                " d.updated_at, d.next_attempt_at, d.last_error,"
+                " e.factory, e.trigger, e.build_id, e.status"
+                " FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.event_id IN ({marks}) ORDER BY d.id",
+                ids,
+            ):
+                deliveries[row[1]].append(DeliveryRow(*row))
+            return [
+                EventRow(id_, factory_, trigger, build, status, received_at, body, deliveries[id_])
+                for id_, factory_, trigger, build, status, received_at, body in events
+            ]
+
+        return await self._call(work)
+
+    async def hourly_activity(self, since: float, hours: int) -> list[HourActivity]:
+        def work(c: sqlite3.Connection) -> list[HourActivity]:
+            until = since + hours * 3600.0
+            received = {
+                hour: (count, failed)
+                for hour, count, failed in c.execute(
+                    "SELECT CAST((received_at - ?1) / 3600 AS INTEGER), count(*),"
+                    " sum(status = 'FAILED') FROM events"
+                    " WHERE received_at >= ?1 AND received_at < ?2 GROUP BY 1",
+                    (since, until),
+                )
+            }
+            died = dict(
+                c.execute(
+                    "SELECT CAST((updated_at - ?1) / 3600 AS INTEGER), count(*) FROM deliveries"
+                    " WHERE state = 'dead' AND updated_at >= ?1 AND updated_at < ?2 GROUP BY 1",
+                    (since, until),
+                ).fetchall()
+            )
+            return [
+                HourActivity(since + hour * 3600.0, *received.get(hour, (0, 0)), died.get(hour, 0))
+                for hour in range(hours)
+            ]
+
+        return await self._call(work)

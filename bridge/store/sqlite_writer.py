@@ -1,0 +1,177 @@
+"""The SQLite outbox's writer thread, with group commit (see bridge.store.sqlite), and the
+small helpers its callers share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.store import (
+    StoreUnavailable,
+    unavailable,
+)
+from bridge.store.sqlite_schema import migrate
+
+T = TypeVar("T")
+# The work, where its answer goes, and whether its commit must reach the disk first.
+Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
+
+# Enough to amortise one fsync over a burst, small enough to keep each commit short.
+MAX_BATCH = 512
+LOWEST, HIGHEST = -(2**63), 2**63 - 1
+
+
+class SqliteWriter:
+    """Opens the file (its schema migrated), and runs every store call on the writer thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock_file: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._synchronous = "FULL"  # the connection's setting, switched per batch
+
+    # -- the writer thread --------------------------------------------------
+
+    async def open(self, *, serving: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if serving:
+                self._lock_file = _exclusive_lock(self.path)
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            self._synchronous = "FULL"
+            migrate(connection)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+        self._thread = threading.Thread(
+            target=self._run, args=(connection,), name="sqlite-store", daemon=True
+        )
+        self._thread.start()
+        if serving:
+            # We hold the lock: no other process serves from this file, so every
+            # claim left in it belongs to a process that is gone.
+            await self._call(lambda c: c.execute("UPDATE deliveries SET claimed_until = NULL"))
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def _run(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._run_batch(connection, batch)
+            if stop:
+                break
+        connection.close()
+
+    def _run_batch(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+        try:
+            if connection.in_transaction:  # a batch before could not even roll back
+                connection.execute("ROLLBACK")
+            if synchronous != self._synchronous:
+                connection.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
+            connection.execute("BEGIN IMMEDIATE")
+            for work, future, _ in batch:
+                connection.execute("SAVEPOINT job")
+                try:
+                    result = work(connection)
+                except Exception as exc:
+                    connection.execute("ROLLBACK TO job")
+                    results.append((future, None, sqlite_unavailable("store error", exc)))
+                else:
+                    results.append((future, result, None))
+                connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+        except BaseException as exc:
+            # The commit (or SQLite itself) failed: nothing of the batch is stored, so
+            # every job in it fails, and the thread lives on for the next batch.
+            with contextlib.suppress(sqlite3.Error):
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            failure = sqlite_unavailable("store write failed", exc)
+            results = [(future, None, failure) for _, future, _ in batch]
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle_all, results)
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run `work` in the writer thread; `durable`: answer only once it is on disk."""
+        if self._thread is None or self._loop is None:
+            raise StoreUnavailable("store is not open")
+        if not self._thread.is_alive():
+            raise StoreUnavailable("the store's writer thread has stopped")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((work, future, durable))
+        return await future
+
+    # -- the store interface --------------------------------------------------
+
+
+def scalar(c: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> int | None:
+    row = c.execute(sql, args).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def bound(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def sqlite_unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    return unavailable(what, exc, (sqlite3.Error,))
+
+
+def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _exclusive_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreUnavailable(
+            f"{path} is in use by another jobserv-bridge serve (lock {lock_path})"
+        ) from None
+    return fd
