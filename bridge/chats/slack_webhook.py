@@ -9,8 +9,8 @@ from pydantic import SecretStr
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import capped_session
 from bridge.chats.limits import slack_fits
-from bridge.chats.webhook import capped_session
 from bridge.outcome import Outcome, from_http
 
 
