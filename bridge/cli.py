@@ -26,12 +26,12 @@ from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
-from bridge.policy import Transition, history, transition
 from bridge.redact import Redactor
 from bridge.render import TemplateError, context
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
+from bridge.transitions import Transition, history, transition
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

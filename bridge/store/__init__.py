@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from bridge.incidents import Key, Record, Window
-from bridge.policy import Transition
+from bridge.transitions import Transition
 
 if TYPE_CHECKING:
     from bridge.config import StoreConfig

@@ -32,14 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.policy import (
-    STREAK_LIMIT,
-    History,
-    Transition,
-    above,
-    streak_history,
-    transition,
-)
 from bridge.store import (
     Accepted,
     Claim,
@@ -54,6 +46,14 @@ from bridge.store import (
     Store,
     StoreUnavailable,
     unavailable,
+)
+from bridge.transitions import (
+    STREAK_LIMIT,
+    History,
+    Transition,
+    above,
+    streak_history,
+    transition,
 )
 
 T = TypeVar("T")
@@ -165,7 +165,7 @@ WITH event AS (
 SELECT id, pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3)) FROM event
 """
 
-# What a store reads of a trigger's history for a new event (see `policy.streak_history`).
+# What a store reads of a trigger's history for a new event (see `transitions.streak_history`).
 _RERUN = """SELECT status FROM builds WHERE factory = $1 AND trigger = $2 AND build_id = $3
     AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)"""
 _PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2

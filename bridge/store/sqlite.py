@@ -28,14 +28,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.policy import (
-    STREAK_LIMIT,
-    History,
-    Transition,
-    above,
-    streak_history,
-    transition,
-)
 from bridge.store import (
     Accepted,
     Claim,
@@ -50,6 +42,14 @@ from bridge.store import (
     Store,
     StoreUnavailable,
     unavailable,
+)
+from bridge.transitions import (
+    STREAK_LIMIT,
+    History,
+    Transition,
+    above,
+    streak_history,
+    transition,
 )
 
 T = TypeVar("T")
