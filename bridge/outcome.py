@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from bridge.logs import one_line
+
 # A chat that asks for a longer pause than this is retried after this long anyway.
 MAX_RETRY_AFTER = 3600.0
 # When a 429 carries no Retry-After, wait this long.
@@ -72,14 +74,17 @@ MAX_ANSWER_TEXT = 64 * 1024
 
 
 def short_reason(text: str, limit: int = REASON_LIMIT) -> str:
-    """A reason as kept: at most `limit` characters. Cut only text already redacted."""
+    """A reason as kept: one line, its control characters escaped (PostgreSQL cannot store
+    NUL in text), at most `limit` characters. Cut only text already redacted."""
+    text = one_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _short(text: str) -> str:
-    """A chat's answer on one line, bounded; its cut to REASON_LIMIT comes after redaction."""
-    one_line = " ".join(text[:MAX_ANSWER_TEXT].split())
-    return one_line + "…" if len(text) > MAX_ANSWER_TEXT else one_line
+    """A chat's answer on one line without control characters, bounded; its cut to
+    REASON_LIMIT comes after redaction."""
+    line = one_line(" ".join(text[:MAX_ANSWER_TEXT].split()))
+    return line + "…" if len(text) > MAX_ANSWER_TEXT else line
 
 
 def from_http(
