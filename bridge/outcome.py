@@ -117,6 +117,39 @@ def from_http(
     return Failed(detail, code=f"http_{status}")
 
 
+# The Slack errors a metric names (a label takes few values); any other is `slack_other`,
+# and the reason still names it.
+SLACK_ERRORS = frozenset(
+    (
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "no_permission",
+        "ratelimited",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_blocks",
+        "invalid_attachments",
+        "message_not_found",
+        "thread_not_found",
+        "restricted_action",
+        "invalid_arguments",
+    )
+)
+
+
+def slack_code(error: str) -> str:
+    """A metric's label for a Slack error: one of a known few, never a chat-chosen string."""
+    return f"slack_{error}" if error in SLACK_ERRORS else "slack_other"
+
+
 def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcome:
     """Classify a Slack Web API answer: HTTP 200 with `ok: false` is an error too.
 
@@ -137,7 +170,7 @@ def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcom
         reason = f"slack: HTTP {status}" + (f" {error}" if error else "")
         return Retry(reason, parse_retry_after(headers.get("Retry-After")), code=f"http_{status}")
     if error:
-        return Failed(f"slack: {error}", code=f"slack_{error}"[:64])
+        return Failed(f"slack: {error}", code=slack_code(str(error)))
     return Failed(f"slack: HTTP {status}", code=f"http_{status}")
 
 

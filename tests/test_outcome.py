@@ -193,6 +193,24 @@ def test_slack_api_ok_false_fails_for_good_naming_the_error(error: str) -> None:
     assert outcome == Failed(f"slack: {error}")
 
 
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("channel_not_found", "slack_channel_not_found"),
+        ("token_revoked", "slack_token_revoked"),
+        ("msg_too_long", "slack_msg_too_long"),
+        ("no_service", "slack_other"),
+        ("x" * 5000, "slack_other"),
+        ('evil\nlabel{a="1"}', "slack_other"),
+    ],
+)
+def test_slack_api_error_codes_for_metrics_are_a_fixed_few(error: str, code: str) -> None:
+    """A metric's label takes no string a chat chose: an unknown error is `slack_other`."""
+    outcome = from_slack_api(200, {}, {"ok": False, "error": error})
+    assert isinstance(outcome, Failed)
+    assert outcome.code == code
+
+
 def test_slack_api_ratelimited_error_waits_for_retry_after() -> None:
     outcome = from_slack_api(200, {"Retry-After": "3"}, {"ok": False, "error": "ratelimited"})
     assert isinstance(outcome, Retry)
