@@ -316,6 +316,32 @@ async def test_slack_webhook_errors_fail_for_good_naming_the_error(
 
 
 @pytest.mark.parametrize(
+    "answer",
+    [
+        Reply(200, "<html><body>Welcome to the proxy</body></html>"),
+        Reply(200, ""),
+        Reply(204, ""),
+        Reply(200, json={"ok": True}),
+    ],
+    ids=["proxy-page", "empty-200", "204", "json"],
+)
+async def test_slack_webhook_2xx_without_slacks_ok_is_retried(
+    answer: Reply,
+    fake_chat: FakeChat,
+    tmp_path: Path,
+    store: SqliteStore,
+    session: aiohttp.ClientSession,
+) -> None:
+    """Slack answers `200 ok`: any other 2xx came from something on the way (a proxy)."""
+    fake_chat.script(WEBHOOK_PATH, answer)
+    setup = await setup_chat(SLACK_WEBHOOK, fake_chat, tmp_path, store, session)
+    outcome = await setup.lane.deliver(setup.delivery)
+    assert isinstance(outcome, Retry)
+    assert f"HTTP {answer.status}" in outcome.reason
+    assert len(fake_chat.requests_to(WEBHOOK_PATH)) == 1
+
+
+@pytest.mark.parametrize(
     "error", ["channel_not_found", "invalid_auth", "not_in_channel", "invalid_blocks"]
 )
 async def test_slack_api_ok_false_fails_for_good(
