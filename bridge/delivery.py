@@ -23,6 +23,7 @@ from bridge.config import Config, DeliveryConfig, JobservConfig, Route
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
+from bridge.log_throttle import FailureLog
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_reason
 from bridge.redact import Redactor
@@ -140,6 +141,7 @@ class Lane:
         return self.settings.name
 
     async def run(self) -> None:
+        store_errors = FailureLog(log, f"lane {self.name}: store error")
         try:
             while not self.stopping:
                 try:
@@ -147,9 +149,11 @@ class Lane:
                         await self._step()
                     else:
                         await self._wait_for_lane()
-                except Exception:
-                    log.exception("lane %s: store error, trying again shortly", self.name)
+                except Exception as exc:
+                    store_errors.failed(exc)
                     await self._sleep(self.policy.poll_interval)
+                else:
+                    store_errors.succeeded()
         finally:
             if self.owned:
                 self.owned = False

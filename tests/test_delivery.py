@@ -415,7 +415,7 @@ async def test_attempts_count_even_when_the_store_can_record_none_of_them(
     async with dispatching(config, store, session):
         # Not after the claim's lease (a minute): its claim is given back at once.
         await fake_chat.wait_for(2, path="/a", timeout=5.0)
-        await logged(caplog, "store error", 2)  # both attempts, and their plainer records
+        await logged(caplog, "cannot store its outcome", 2)  # both attempts
         allow_updates(store.path, "no_outcome")
         [dead] = await wait_rows(store, "dead")
 
