@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge.jobserv import parse_build, sign
-from bridge.policy import Transition
 from bridge.store import NewEvent
 from bridge.store.sqlite import SqliteStore
+from bridge.transitions import Transition
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -7,7 +7,7 @@ NOT NULL column there makes this fail loudly rather than fill a wrong store). Ea
 row is what the bridge itself would have stored for the sample body renumbered (a
 2.1 kB JobServ body) with builds of one trigger alternately failed and passed: the
 event with its identity key (as `Build.identity` computes it) and its transition (as
-`bridge.policy.transition` computes it), the trigger's build history, and for each
+`bridge.transitions.transition` computes it), the trigger's build history, and for each
 failed build one delivery to "d0", already sent. Times are spread over the last 6
 days, inside the default 7-day retention, so the pruner at startup deletes nothing.
 """
@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import alternating_status, webhook_body
-from bridge.policy import transition
 from bridge.store.sqlite import SCHEMA
+from bridge.transitions import transition
 
 SPREAD = 6 * 86400.0
 URL = "https://api.foundries.io/projects/andy-corp/lmp/builds/{}/"

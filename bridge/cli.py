@@ -26,12 +26,13 @@ from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
-from bridge.policy import Transition, history, transition
+from bridge.logs import one_line
 from bridge.redact import Redactor
 from bridge.render import TemplateError, context
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
+from bridge.transitions import Transition, history, transition
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -306,14 +307,17 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
             state: State | None = args.state
             rows = await store.list_deliveries(state, args.destination, args.limit)
             print(f"{'ID':>6} {'STATE':7} {'DESTINATION':16} {'TRIES':>5} {'AGE':>5}  BUILD")
+            # What a build or a chat chose is printed redacted (a secret configured since
+            # it was kept) and on one line (no terminal escapes).
+            redact = Redactor(config.secrets())
             for row in rows:
                 build = f"{row.factory} {row.trigger} #{row.build_id} {row.status}"
                 print(
                     f"{row.id:>6} {row.state:7} {row.destination:16} {row.attempts:>5} "
-                    f"{duration_text(now - row.created_at):>6}  {build}"
+                    f"{duration_text(now - row.created_at):>6}  {one_line(redact(build))}"
                 )
                 if row.last_error and row.state != "sent":
-                    print(f"{'':>6} last error: {row.last_error}")
+                    print(f"{'':>6} last error: {one_line(redact(row.last_error))}")
             counts = await store.counts()
             print(", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
         elif args.action == "retry":

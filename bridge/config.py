@@ -23,8 +23,8 @@ from pydantic import (
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.durations import Duration
-from bridge.policy import Policy
 from bridge.render import Template, TemplateError, default_template, load_template
+from bridge.transitions import Policy
 
 _M = TypeVar("_M", bound=BaseModel)
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -24,6 +24,7 @@ from bridge.giveup import Limits
 from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.lane_owner import LaneOwnership
+from bridge.log_throttle import FailureLog
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, from_exception
 from bridge.rate_limit import TokenBucket
@@ -116,6 +117,7 @@ class Lane:
         return self.settings.name
 
     async def run(self) -> None:
+        store_errors = FailureLog(log, f"lane {self.name}: store error")
         try:
             while not self.stopping:
                 try:
@@ -123,9 +125,11 @@ class Lane:
                         await self._step()
                     else:
                         await self._wait_for_lane()
-                except Exception:
-                    log.exception("lane %s: store error, trying again shortly", self.name)
+                except Exception as exc:
+                    store_errors.failed(exc)
                     await self._sleep(self.config.poll_interval)
+                else:
+                    store_errors.succeeded()
         finally:
             await self.owner.release()
 

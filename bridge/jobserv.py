@@ -20,12 +20,27 @@ from pydantic import (
     ValidationError,
 )
 
+from bridge.logs import one_line
+
 SIGNATURE_HEADER = "X-JobServ-Sig"
 _SIGNATURE = re.compile(r"sha256:\s*([0-9a-fA-F]{64})\s*")
 
 
+# The most of a body an error about it quotes, and the most an error says.
+QUOTE_LIMIT = 80
+ERROR_LIMIT = 200
+
+
 class NotABuild(ValueError):
-    """A signed body that is not a JobServ build; the message is one line."""
+    """A signed body that is not a JobServ build; the message is one bounded line."""
+
+    def __init__(self, message: str) -> None:
+        line = one_line(message)
+        super().__init__(line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 1] + "…")
+
+
+def _quoted(text: str) -> str:
+    return repr(text[:QUOTE_LIMIT] + ("…" if len(text) > QUOTE_LIMIT else ""))
 
 
 def _in_utc(moment: datetime) -> datetime:
@@ -135,7 +150,7 @@ def parse_build(body: bytes) -> Build:
     except ValidationError as exc:
         raise NotABuild(_one_line(exc)) from None
     if not build.factory:
-        raise NotABuild(f"cannot tell the factory from url {build.url!r}")
+        raise NotABuild(f"cannot tell the factory from url {_quoted(build.url)}")
     return build
 
 

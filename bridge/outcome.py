@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from bridge.logs import one_line
+
 # A chat that asks for a longer pause than this is retried after this long anyway.
 MAX_RETRY_AFTER = 3600.0
 # When a 429 carries no Retry-After, wait this long.
@@ -72,14 +74,17 @@ MAX_ANSWER_TEXT = 64 * 1024
 
 
 def short_reason(text: str, limit: int = REASON_LIMIT) -> str:
-    """A reason as kept: at most `limit` characters. Cut only text already redacted."""
+    """A reason as kept: one line, its control characters escaped (PostgreSQL cannot store
+    NUL in text), at most `limit` characters. Cut only text already redacted."""
+    text = one_line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _short(text: str) -> str:
-    """A chat's answer on one line, bounded; its cut to REASON_LIMIT comes after redaction."""
-    one_line = " ".join(text[:MAX_ANSWER_TEXT].split())
-    return one_line + "…" if len(text) > MAX_ANSWER_TEXT else one_line
+    """A chat's answer on one line without control characters, bounded; its cut to
+    REASON_LIMIT comes after redaction."""
+    line = one_line(" ".join(text[:MAX_ANSWER_TEXT].split()))
+    return line + "…" if len(text) > MAX_ANSWER_TEXT else line
 
 
 def from_http(
@@ -112,6 +117,39 @@ def from_http(
     return Failed(detail, code=f"http_{status}")
 
 
+# The Slack errors a metric names (a label takes few values); any other is `slack_other`,
+# and the reason still names it.
+SLACK_ERRORS = frozenset(
+    (
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "no_permission",
+        "ratelimited",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_blocks",
+        "invalid_attachments",
+        "message_not_found",
+        "thread_not_found",
+        "restricted_action",
+        "invalid_arguments",
+    )
+)
+
+
+def slack_code(error: str) -> str:
+    """A metric's label for a Slack error: one of a known few, never a chat-chosen string."""
+    return f"slack_{error}" if error in SLACK_ERRORS else "slack_other"
+
+
 def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcome:
     """Classify a Slack Web API answer: HTTP 200 with `ok: false` is an error too.
 
@@ -132,7 +170,7 @@ def from_slack_api(status: int, headers: Mapping[str, str], data: Any) -> Outcom
         reason = f"slack: HTTP {status}" + (f" {error}" if error else "")
         return Retry(reason, parse_retry_after(headers.get("Retry-After")), code=f"http_{status}")
     if error:
-        return Failed(f"slack: {error}", code=f"slack_{error}"[:64])
+        return Failed(f"slack: {error}", code=slack_code(str(error)))
     return Failed(f"slack: HTTP {status}", code=f"http_{status}")
 
 

@@ -30,8 +30,8 @@ from bridge.markup import (
     safe_url,
     unmention,
 )
-from bridge.policy import History, Transition, transition
 from bridge.text import duration_text
+from bridge.transitions import History, Transition, transition
 
 if TYPE_CHECKING:
     from bridge.failed_tests import RunTests

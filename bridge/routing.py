@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 
 from bridge.config import Route
 from bridge.jobserv import Build
-from bridge.policy import Policy, Transition
+from bridge.transitions import Policy, Transition
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from bridge.jobserv import (
 )
 from bridge.logs import FIELD_LIMIT, bounded
 from bridge.metrics import Metrics
-from bridge.policy import Transition
 from bridge.redact import Redactor
 from bridge.routing import targets
 from bridge.store import NewEvent, Store, StoreUnavailable, open_store
+from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.intake")
 

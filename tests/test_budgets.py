@@ -33,7 +33,7 @@ from bridge.render import Rendered, build_context, context, default_template
 from bridge.store.sqlite import SqliteStore
 from bridge.threads import Draft
 from tests.fakes.chat_server import FakeChat
-from tests.test_chats_more import (
+from tests.test_chats import (
     CASES,
     DESTINATION,
     MATRIX,

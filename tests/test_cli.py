@@ -435,6 +435,34 @@ async def test_outbox_list_dead_shows_why(filled_outbox: Path) -> None:
     assert all("HTTP 404" in line and "no_service" in line for line in errors)
 
 
+async def test_outbox_list_redacts_and_escapes_what_it_prints(
+    tmp_path: Path, fake_chat: FakeChat, aiohttp_client: ClientFactory
+) -> None:
+    """A dead letter kept before its secret was configured, and a trigger's controls:
+    `outbox list` prints neither the secret nor a terminal escape."""
+    fake_chat.default("/broken", Reply(404, "token rotated-token-4711 refused"))
+    text = OUTBOX_CONFIG.format(
+        secret=SECRET, audit_url=fake_chat.url("/audit"), broken_url=fake_chat.url("/broken")
+    )
+    config_path = write(tmp_path, "config.toml", text)
+    data = json.loads(fixture_body(FAILED))
+    data["trigger_name"] = "containers\x1b[2J\x1b]0;owned\x07-devel"
+    body = json.dumps(data).encode()
+    await serve_until(aiohttp_client, config_path, [body], {"pending": 0, "sent": 1, "dead": 1})
+    # The operator now names the token as the broken hook's header: a secret of the config.
+    config_path.write_text(
+        text + '\n[destinations.headers]\nAuthorization = "rotated-token-4711"\n'
+    )
+
+    result = await outbox(config_path, "list")
+
+    assert result.returncode == 0, result.stderr
+    assert "rotated-token-4711" not in result.stdout
+    assert "last error: HTTP 404" in result.stdout
+    assert not any(ord(c) < 0x20 and c != "\n" for c in result.stdout)
+    assert "containers\\x1b[2J" in result.stdout
+
+
 async def test_outbox_retry_one_dead_letter_sends_it_again(
     filled_outbox: Path, fake_chat: FakeChat, aiohttp_client: ClientFactory
 ) -> None:

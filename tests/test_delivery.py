@@ -415,7 +415,7 @@ async def test_attempts_count_even_when_the_store_can_record_none_of_them(
     async with dispatching(config, store, session):
         # Not after the claim's lease (a minute): its claim is given back at once.
         await fake_chat.wait_for(2, path="/a", timeout=5.0)
-        await logged(caplog, "store error", 2)  # both attempts, and their plainer records
+        await logged(caplog, "cannot store its outcome", 2)  # both attempts
         allow_updates(store.path, "no_outcome")
         [dead] = await wait_rows(store, "dead")
 
@@ -428,7 +428,7 @@ async def test_attempts_count_even_when_the_store_can_record_none_of_them(
 async def test_a_chat_answer_postgresql_cannot_store_does_not_jam_the_lane(
     fake_chat: FakeChat, tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    # PostgreSQL text holds no NUL: the error "HTTP 500: <answer>" could not be stored.
+    # PostgreSQL text holds no NUL: the error "HTTP 500: <answer>" is stored escaped.
     fake_chat.script("/a", Reply(500, "down\x00"))
     config = config_for(tmp_path, generic(fake_chat, "a"))
     async with fresh_database() as url:
@@ -443,7 +443,7 @@ async def test_a_chat_answer_postgresql_cannot_store_does_not_jam_the_lane(
             await store.close()
 
     assert first.attempts == 2  # the 500, counted; then sent
-    assert first.last_error == "http_500: the outcome could not be stored (StoreUnavailable)"
+    assert first.last_error == "HTTP 500: down\\x00"
     assert build_ids(fake_chat.requests_to("/a")) == [1, 1, 2]
     assert second.attempts == 1
 

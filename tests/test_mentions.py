@@ -21,7 +21,7 @@ from bridge.config import Config
 from bridge.server import create_app
 from tests.conftest import make_config
 from tests.fakes.chat_server import FakeChat, Reply
-from tests.test_chats_more import (
+from tests.test_chats import (
     DISCORD,
     GOOGLE_CHAT,
     MATRIX,

@@ -21,6 +21,7 @@ from bridge.outcome import (
     from_http,
     from_slack_api,
     parse_retry_after,
+    short_reason,
 )
 
 
@@ -83,6 +84,23 @@ def test_a_long_error_body_is_put_on_one_line_and_bounded() -> None:
     assert isinstance(huge, Retry)
     assert len(huge.reason) < MAX_ANSWER_TEXT + 100
     assert huge.reason.endswith("…")
+
+
+def test_an_error_body_keeps_no_control_characters() -> None:
+    """A chat's answer reaches logs and dead letters: no terminal escapes, no NUL."""
+    outcome = from_http(404, {}, "no\x00such\x1b[31mhook\x7f\x9b\u2028end")
+    assert isinstance(outcome, Failed)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in outcome.reason)
+    assert "\u2028" not in outcome.reason
+    assert outcome.reason.startswith("HTTP 404: no") and outcome.reason.endswith("end")
+
+
+@pytest.mark.parametrize("reason", ["nul\x00here", "ctl\x01\x1f\x7f", "two\nlines\tand tab"])
+def test_a_kept_reason_is_one_line_without_control_characters(reason: str) -> None:
+    """What the lane stores (PostgreSQL refuses NUL in text) from any reason, a chat's or not."""
+    kept = short_reason(reason)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in kept)
+    assert kept[:3] == reason[:3]
 
 
 # --- 429 and Retry-After ---------------------------------------------------------------------
@@ -173,6 +191,24 @@ def test_slack_api_ok_false_fails_for_good_naming_the_error(error: str) -> None:
     # Slack answers HTTP 200 with `ok: false`: the status alone would say "sent".
     outcome = from_slack_api(200, {}, {"ok": False, "error": error})
     assert outcome == Failed(f"slack: {error}")
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("channel_not_found", "slack_channel_not_found"),
+        ("token_revoked", "slack_token_revoked"),
+        ("msg_too_long", "slack_msg_too_long"),
+        ("no_service", "slack_other"),
+        ("x" * 5000, "slack_other"),
+        ('evil\nlabel{a="1"}', "slack_other"),
+    ],
+)
+def test_slack_api_error_codes_for_metrics_are_a_fixed_few(error: str, code: str) -> None:
+    """A metric's label takes no string a chat chose: an unknown error is `slack_other`."""
+    outcome = from_slack_api(200, {}, {"ok": False, "error": error})
+    assert isinstance(outcome, Failed)
+    assert outcome.code == code
 
 
 def test_slack_api_ratelimited_error_waits_for_retry_after() -> None:

@@ -10,8 +10,8 @@ import pytest
 from bridge import routing
 from bridge.config import Route
 from bridge.jobserv import Build, parse_build
-from bridge.policy import History, transition
 from bridge.routing import RouteMatch
+from bridge.transitions import History, transition
 from tests.conftest import FAILED, PASSED, fixture_body
 
 

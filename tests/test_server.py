@@ -441,6 +441,26 @@ async def test_signed_body_that_is_not_a_build_is_400(client: Client, body: byte
     assert await stored(client) == []
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"url": "https://example.com/" + "x" * 100_000, "web_url": None},
+        {"url": "https://example.com/\x1b[31m\r\u2028" + "y" * 5000, "web_url": None},
+    ],
+    ids=["long-url", "controls-in-url"],
+)
+async def test_a_400_quotes_a_bounded_line_of_the_body(
+    client: Client, changes: dict[str, Any]
+) -> None:
+    """An error quotes little of what it refuses: not a body's URL at any length."""
+    body = with_changes(FAILED, **changes)
+    status, answer = await post(client, body, signed_headers(body))
+
+    error = assert_error(status, answer, 400)
+    assert len(error) <= 200
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c == "\u2028" for c in error)
+
+
 async def test_an_unsigned_non_build_is_401_not_400(client: Client) -> None:
     body = b"this is not json"
 

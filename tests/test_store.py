@@ -13,11 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bridge.policy import Transition
 from bridge.store import NewEvent, Store, StoreUnavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.sqlite import SqliteStore
+from bridge.transitions import Transition
 from tests.conftest import plan
 from tests.postgres import fresh_database
 

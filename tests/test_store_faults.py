@@ -21,10 +21,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.jobserv import parse_build
-from bridge.policy import Transition
 from bridge.server import STORE, create_app, new_event
 from bridge.store import Accepted, StoreUnavailable
 from bridge.store.sqlite import SqliteStore
+from bridge.transitions import Transition
 from tests.conftest import (
     accept_body,
     generic_destination,

@@ -9,8 +9,8 @@ from pydantic import Field, SecretStr
 from yarl import URL
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import discord_fits
-from bridge.chats.webhook import Answer, send_json
 from bridge.outcome import Outcome, from_http, parse_retry_after
 
 

@@ -8,7 +8,7 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
-from bridge.chats.webhook import read_text
+from bridge.chats.http import read_text
 from bridge.outcome import Outcome, from_http
 
 

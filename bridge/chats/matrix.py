@@ -15,8 +15,8 @@ from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
 from bridge.chats.base import Body, ChatType, DestinationSettings, message_key
+from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import matrix_fits
-from bridge.chats.webhook import Answer, send_json
 from bridge.outcome import Outcome, Sent, from_http
 
 

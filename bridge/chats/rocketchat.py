@@ -9,8 +9,8 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import rocketchat_fits
-from bridge.chats.webhook import Answer, send_json
 from bridge.outcome import Outcome, from_http
 
 

@@ -13,8 +13,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import capped_session
 from bridge.chats.limits import slack_fits
-from bridge.chats.webhook import capped_session
 from bridge.outcome import Outcome, Retry, Sent, from_slack_api
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import aiohttp
@@ -9,9 +10,9 @@ from pydantic import SecretStr
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import capped_session
 from bridge.chats.limits import slack_fits
-from bridge.chats.webhook import capped_session
-from bridge.outcome import Outcome, from_http
+from bridge.outcome import Outcome, Retry, from_http, parse_retry_after
 
 
 class SlackWebhookSettings(DestinationSettings):
@@ -32,7 +33,16 @@ class SlackWebhook:
                 url=self.url.get_secret_value(), session=session, retry_handlers=[]
             )
             response = await client.send_dict(payload)
-        return from_http(response.status_code, response.headers or {}, response.body or "")
+        return _outcome(response.status_code, response.headers or {}, response.body or "")
+
+
+def _outcome(status: int, headers: Mapping[str, str], text: str) -> Outcome:
+    """Slack answers `200 ok`; another 2xx (a proxy's page) came from something on the way,
+    and Slack itself may well answer next time."""
+    if 200 <= status < 300 and text.strip() != "ok":
+        reason = f"slack: HTTP {status} without Slack's answer ok"
+        return Retry(reason, parse_retry_after(headers.get("Retry-After")), code="not_slack")
+    return from_http(status, headers, text)
 
 
 CHAT = ChatType(

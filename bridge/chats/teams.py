@@ -8,8 +8,8 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.http import send_json
 from bridge.chats.limits import teams_fits
-from bridge.chats.webhook import send_json
 from bridge.outcome import Outcome, from_http
 
 

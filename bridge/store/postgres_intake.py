@@ -7,13 +7,6 @@ import json
 import time
 from typing import Any
 
-from bridge.policy import (
-    STREAK_LIMIT,
-    History,
-    above,
-    streak_history,
-    transition,
-)
 from bridge.store import (
     Accepted,
     NewEvent,
@@ -21,6 +14,13 @@ from bridge.store import (
     StoreUnavailable,
 )
 from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
+from bridge.transitions import (
+    STREAK_LIMIT,
+    History,
+    above,
+    streak_history,
+    transition,
+)
 
 # A new event also takes its (factory, trigger)'s history lock, held until commit: the
 # events of one trigger are accepted one at a time over all replicas, each reading the

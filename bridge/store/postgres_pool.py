@@ -16,14 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.policy import (
-    Transition,
-)
 from bridge.store import (
     StoreUnavailable,
     unavailable,
 )
 from bridge.store.postgres_schema import migrate
+from bridge.transitions import (
+    Transition,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("bridge.store")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from bridge.policy import Transition
+from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.store")
 

@@ -7,19 +7,19 @@ import json
 import sqlite3
 import time
 
-from bridge.policy import (
-    STREAK_LIMIT,
-    History,
-    above,
-    streak_history,
-    transition,
-)
 from bridge.store import (
     Accepted,
     NewEvent,
     Plan,
 )
 from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
+from bridge.transitions import (
+    STREAK_LIMIT,
+    History,
+    above,
+    streak_history,
+    transition,
+)
 
 
 class SqliteIntake(SqliteWriter):

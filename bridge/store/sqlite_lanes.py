@@ -6,15 +6,15 @@ import json
 import sqlite3
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.policy import (
-    Transition,
-)
 from bridge.store import (
     Claim,
     Delivery,
     State,
 )
 from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
+from bridge.transitions import (
+    Transition,
+)
 
 
 class SqliteLanes(SqliteWriter):

@@ -1,4 +1,4 @@
-"""What the JSON webhook chats share: one request, and its answer read once."""
+"""HTTP for the chats: post a JSON body, read a capped answer."""
 
 from __future__ import annotations
 
