@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any
@@ -20,8 +19,6 @@ from pydantic import (
     Strict,
     ValidationError,
 )
-
-from bridge.store import NewEvent
 
 SIGNATURE_HEADER = "X-JobServ-Sig"
 _SIGNATURE = re.compile(r"sha256:\s*([0-9a-fA-F]{64})\s*")
@@ -173,17 +170,3 @@ def signed_by(digest: bytes, body: bytes, secrets: list[str]) -> int | None:
         if hmac.compare_digest(expected, digest) and found is None:
             found = index
     return found
-
-
-def new_event(build: Build, body: bytes) -> NewEvent:
-    """The event to store for a parsed build and the webhook body it came in, received now."""
-    return NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-        completed_at=build.completed.timestamp() if build.completed else None,
-    )

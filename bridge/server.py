@@ -12,10 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.chats import CHAT_TYPES
 from bridge.config import Config
+from bridge.intake import new_event
 from bridge.jobserv import (
     SIGNATURE_HEADER,
     NotABuild,
-    new_event,
     parse_build,
     signature_digest,
     signed_by,

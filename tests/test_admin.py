@@ -834,3 +834,21 @@ async def test_a_taken_admin_port_leaves_the_webhook_listener_serving(
         body = fixture_body(PASSED)
         async with bridge.post("/webhook", data=body, headers=signed_headers(body)) as response:
             assert response.status == 202
+
+
+async def test_the_admin_listener_answers_a_malformed_request_as_json(start: Start) -> None:
+    """The admin listener is hardened like the webhook's: the parser's refusals are JSON."""
+    bridge = await start()
+    assert bridge.admin_url.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.admin_url.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", answer
+    assert b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error and "\n" not in error

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.jobserv import new_event, parse_build
+from bridge.intake import new_event
+from bridge.jobserv import parse_build
 from bridge.policy import Transition
 from bridge.server import RUNTIME, create_app
 from bridge.store import Accepted, StoreUnavailable
