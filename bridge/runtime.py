@@ -60,6 +60,13 @@ class Runtime:
         return self._store
 
     @property
+    def session(self) -> aiohttp.ClientSession:
+        """The chats' HTTP session."""
+        if self._session is None:
+            raise NotStarted("the HTTP session is not open")
+        return self._session
+
+    @property
     def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
             raise NotStarted("the delivery lanes are not running")
@@ -143,8 +150,7 @@ class Runtime:
             config, server=running.server, store=running.store, admin=running.admin
         )
         self.redact.add(config.secrets())
-        assert self._session is not None, "reloaded before start"
-        chats = create_chats(config.destinations, self._session)
+        chats = create_chats(config.destinations, self.session)
         grace = running.server.shutdown_timeout
         # Route with the new config before the lanes change: an event routed with the old
         # one after the removed destinations' deliveries were killed would wait forever.
