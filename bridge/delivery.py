@@ -357,6 +357,14 @@ class Dispatcher:
         self.lanes = self._lanes(config, chats)
         await self._start_lanes()
 
+    def destination_types(self) -> dict[str, str]:
+        """The destinations with a running lane, by name, with their chat types."""
+        return {name: lane.settings.type for name, lane in self.lanes.items()}
+
+    def wake_all(self) -> None:
+        """Wake every lane: after deliveries were queued again, say."""
+        self.wake(list(self.lanes))
+
     def wake(self, destinations: list[str]) -> None:
         for name in destinations:
             lane = self.lanes.get(name)

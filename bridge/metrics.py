@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from bridge.store import DestinationStats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _ACCEPT_TO_SENT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 21600, 86400)
@@ -79,3 +84,16 @@ class Metrics:
             "When the config was last loaded successfully (Unix time).",
             registry=r,
         )
+
+    def refresh_backlog(
+        self, destinations: Iterable[str], stats: Mapping[str, DestinationStats]
+    ) -> None:
+        """Set the backlog gauges from the store's stats: configured destinations without a
+        row read 0, and destinations gone from the config keep being reported while rows are."""
+        now = time.time()
+        for name in set(destinations) | stats.keys():
+            found = stats.get(name)
+            oldest = found.oldest_pending_at if found else None
+            self.pending.labels(name).set(found.pending if found else 0)
+            self.dead.labels(name).set(found.dead if found else 0)
+            self.oldest_pending.labels(name).set(now - oldest if oldest else 0)

@@ -18,7 +18,8 @@ import json
 import re
 from urllib.parse import quote, quote_plus, urlsplit
 
-_MARK = "<redacted>"
+MARK = "<redacted>"  # what a secret is replaced with
+_MARK = MARK
 # Shorter secrets would mangle unrelated text.
 _MIN_SECRET = 4
 # Shorter paths ("/hook", "/webhook") hold no secret, and would mangle unrelated lines.

@@ -3,55 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.admin import AdminListener
-from bridge.chats import CHAT_TYPES, Chat
-from bridge.config import Config, ConfigError, load_config
-from bridge.delivery import Dispatcher
-from bridge.failed_tests import FailedTestsFetcher
+from bridge.chats import CHAT_TYPES
+from bridge.config import Config
+from bridge.intake import new_event
 from bridge.jobserv import (
     SIGNATURE_HEADER,
-    Build,
     NotABuild,
     parse_build,
     signature_digest,
     signed_by,
 )
 from bridge.logs import FIELD_LIMIT, bounded
-from bridge.metrics import Metrics
 from bridge.redact import Redactor
 from bridge.routing import targets
-from bridge.store import NewEvent, Store, StoreUnavailable, open_store
+from bridge.runtime import Runtime
+from bridge.store import StoreUnavailable
 from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.intake")
 
-
-@dataclass
-class Live:
-    """The config in force, and what a SIGHUP reload needs to replace it."""
-
-    config: Config
-    redact: Redactor
-    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-LIVE = web.AppKey("live", Live)
-STORE = web.AppKey("store", Store)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-METRICS = web.AppKey("metrics", Metrics)
-ADMIN = web.AppKey("admin", AdminListener)  # set when [admin] enabled
+# The store, lanes and admin listener serving the app, with the config in force.
+RUNTIME = web.AppKey("runtime", Runtime)
 
 # /readyz waits this long for the store to take a write.
 READY_TIMEOUT = 2.0
@@ -94,24 +73,10 @@ def _encoding_refused(request: web.Request) -> web.Response | None:
     return response
 
 
-def new_event(build: Build, body: bytes) -> NewEvent:
-    """The event to store for a parsed build and the webhook body it came in, received now."""
-    return NewEvent(
-        key=build.identity,
-        factory=build.factory,
-        trigger=build.trigger_name or "",
-        build_id=build.build_id,
-        status=build.status,
-        body=body,
-        received_at=time.time(),
-        completed_at=build.completed.timestamp() if build.completed else None,
-    )
-
-
 async def webhook(request: web.Request) -> web.Response:
     response = await _intake(request)
     outcome = {202: "accepted", 200: "duplicate"}.get(response.status, str(response.status))
-    request.app[METRICS].webhooks.labels(outcome).inc()
+    request.app[RUNTIME].metrics.webhooks.labels(outcome).inc()
     return response
 
 
@@ -128,7 +93,8 @@ def _went_away(request: web.Request) -> web.Response:
 
 
 async def _intake(request: web.Request) -> web.Response:
-    config = request.app[LIVE].config
+    runtime = request.app[RUNTIME]
+    config = runtime.config
     refusal = _encoding_refused(request)
     if refusal is not None:
         return refusal
@@ -175,7 +141,7 @@ async def _intake(request: web.Request) -> web.Response:
 
     event = new_event(build, body)
     try:
-        accepted = await request.app[STORE].accept(event, plan)
+        accepted = await runtime.store.accept(event, plan)
     except StoreUnavailable as exc:
         factory = bounded(build.factory, FIELD_LIMIT)
         log.error("could not store build %s of %s: %s", build.build_id, factory, exc)
@@ -209,7 +175,7 @@ async def _intake(request: web.Request) -> web.Response:
         ", ".join(destinations) or "no destination",
         extra=fields,
     )
-    request.app[DISPATCHER].wake(destinations)
+    runtime.dispatcher.wake(destinations)
     return web.json_response(answer, status=202)
 
 
@@ -221,7 +187,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded and the store takes a write."""
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            await request.app[STORE].ping()
+            await request.app[RUNTIME].store.ping()
     except TimeoutError:
         return _error(503, f"store did not take a write within {READY_TIMEOUT:g}s")
     except StoreUnavailable as exc:
@@ -230,22 +196,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[METRICS]
+    runtime = request.app[RUNTIME]
     try:
         # A stuck store must not make the scrape time out: that is when it is needed most.
         async with asyncio.timeout(READY_TIMEOUT):
-            stats = await request.app[STORE].destination_stats()
+            stats = await runtime.store.destination_stats()
     except (StoreUnavailable, TimeoutError):
         stats = None  # the counters still tell a story; gauges keep their last values
     if stats is not None:
-        now = time.time()
-        for name in request.app[LIVE].config.destinations.keys() | stats.keys():
-            found = stats.get(name)
-            oldest = found.oldest_pending_at if found else None
-            registry.pending.labels(name).set(found.pending if found else 0)
-            registry.dead.labels(name).set(found.dead if found else 0)
-            registry.oldest_pending.labels(name).set(now - oldest if oldest else 0)
-    body = generate_latest(registry.registry)
+        runtime.metrics.refresh_backlog(runtime.config.destinations, stats)
+    body = generate_latest(runtime.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -278,98 +238,20 @@ async def json_errors(
 def create_app(config: Config, redact: Redactor | None = None) -> web.Application:
     """The bridge's app; `redact` is shared with the logs so a reload updates both."""
     app = web.Application(middlewares=[json_errors], client_max_size=config.server.max_body_size)
-    app[LIVE] = Live(config, redact or Redactor(config.secrets()))
-    app[METRICS] = Metrics()
-    app[METRICS].last_reload.set(time.time())
+    app[RUNTIME] = Runtime(config, redact)
     app.router.add_post("/webhook", webhook, expect_handler=expectation)
     app.router.add_get("/healthz", healthz, expect_handler=expectation)
     app.router.add_get("/readyz", readyz, expect_handler=expectation)
     app.router.add_get("/metrics", metrics, expect_handler=expectation)
-    app.cleanup_ctx.append(_pipeline)
+    app.cleanup_ctx.append(_running)
     return app
 
 
-async def _pipeline(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, the chats' HTTP session and the delivery lanes; close them in reverse."""
-    live = app[LIVE]
-    config = live.config
-    store = open_store(config.store)
-    await store.open(serving=True)
-    app[STORE] = store
-    session = aiohttp.ClientSession()
-    app[SESSION] = session
-    tests = FailedTestsFetcher(session)  # used while the config has a [jobserv] section
-    dispatcher = Dispatcher(
-        config, store, _chats(config, session), live.redact, app[METRICS], tests
-    )
-    app[DISPATCHER] = dispatcher
-    await dispatcher.start()
-    admin = AdminListener(config, store, dispatcher) if config.admin.enabled else None
-    if admin is not None:
-        await admin.start()
-        app[ADMIN] = admin
-    loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_sighup() -> None:
-        task = asyncio.create_task(reload(app))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+async def _running(app: web.Application) -> AsyncIterator[None]:
+    """The runtime's resources open while the app serves."""
+    runtime = app[RUNTIME]
+    await runtime.start()
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
-        await asyncio.gather(*reloads, return_exceptions=True)
-        if admin is not None:
-            await admin.stop()
-        await dispatcher.stop(config.server.shutdown_timeout)
-        await tests.close()
-        await session.close()
-        await store.close()
-
-
-def _chats(config: Config, session: aiohttp.ClientSession) -> dict[str, Chat]:
-    return {
-        name: CHAT_TYPES[settings.type].create(settings, session)
-        for name, settings in config.destinations.items()
-    }
-
-
-async def reload(app: web.Application) -> bool:
-    """Re-read the config file; keep the running config when the new one is refused."""
-    live, metrics = app[LIVE], app[METRICS]
-    async with live.reloading:
-        path = live.config.path
-        try:
-            config = await asyncio.to_thread(load_config, path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload of %s refused, the running config stays: %s", path, problem)
-            metrics.reloads.labels("failure").inc()
-            return False
-        running = live.config
-        for section in ("server", "store", "admin"):
-            if getattr(config, section) != getattr(running, section):
-                log.warning("reload: changes to [%s] take effect at the next restart", section)
-        config = dataclasses.replace(
-            config, server=running.server, store=running.store, admin=running.admin
-        )
-        live.redact.add(config.secrets())
-        chats = _chats(config, app[SESSION])
-        grace = live.config.server.shutdown_timeout
-        # Route with the new config before the lanes change: an event routed with the old
-        # one after the removed destinations' deliveries were killed would wait forever.
-        live.config = config
-        await app[DISPATCHER].reconfigure(config, chats, grace)
-        metrics.reloads.labels("success").inc()
-        metrics.last_reload.set(time.time())
-        log.info(
-            "reloaded %s: %d sources, %d destinations, %d routes",
-            path,
-            len(config.sources),
-            len(config.destinations),
-            len(config.routes),
-        )
-        return True
+        await runtime.stop()

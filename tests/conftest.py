@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from bridge.config import Config, parse_config
+from bridge.intake import new_event
 from bridge.jobserv import parse_build, sign
-from bridge.server import new_event
 from bridge.store import Delivery, Plan, Store
 from bridge.store.sqlite import SqliteStore
 from tests.fakes.chat_server import FakeChat

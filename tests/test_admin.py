@@ -27,7 +27,7 @@ from yarl import URL
 
 from bridge.admin import SESSION_COOKIE, create_admin_app
 from bridge.config import ConfigError, is_loopback
-from bridge.server import ADMIN, DISPATCHER, LIVE, STORE, create_app, reload
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, Store
 from tests.conftest import FAILED, PASSED, SECRET, fixture_body, make_config, signed_headers
 from tests.fakes.chat_server import FakeChat, Reply
@@ -124,7 +124,7 @@ class Bridge:
 
     @property
     def store(self) -> Store:
-        return self.webhook.app[STORE]
+        return self.webhook.app[RUNTIME].store
 
     async def post_event(self, body: bytes) -> int:
         return await post_event(self.webhook, body)
@@ -153,7 +153,7 @@ async def start(
 
     async def start_bridge(admin: str = "", poll_interval: str = "0.05s") -> Bridge:
         webhook = await run_bridge(aiohttp_client, tmp_path, fake_chat, admin, poll_interval)
-        url = webhook.app[ADMIN].url
+        url = webhook.app[RUNTIME].admin.url
         assert url is not None and url.startswith("http://127.0.0.1:")
         session = aiohttp.ClientSession(base_url=url, cookie_jar=aiohttp.DummyCookieJar())
         sessions.append(session)
@@ -195,7 +195,7 @@ async def two_events(bridge: Bridge | Client) -> tuple[int, int]:
             (passed, "old-webhook"): ("dead", 1),
         }
 
-    await settled(webhook.app[STORE], done)
+    await settled(webhook.app[RUNTIME].store, done)
     return failed, passed
 
 
@@ -490,7 +490,7 @@ async def test_secrets_a_reload_brings_are_kept_off_the_page_too(
     """The page redacts with the live redactor, which a SIGHUP reload adds secrets to."""
     bridge = await start()
     added_url = fake_chat.url("/hooks/AddedAfterReload-9f8e7d6c")
-    config = bridge.webhook.app[LIVE].config.path
+    config = bridge.webhook.app[RUNTIME].config.path
     config.write_text(
         config.read_text()
         + f"""
@@ -500,8 +500,8 @@ async def test_secrets_a_reload_brings_are_kept_off_the_page_too(
         url = "{added_url}"
         """
     )
-    assert await reload(bridge.webhook.app)
-    assert "added" in bridge.webhook.app[LIVE].config.destinations
+    assert await bridge.webhook.app[RUNTIME].reload()
+    assert "added" in bridge.webhook.app[RUNTIME].config.destinations
     body = json.loads(fixture_body(FAILED))
     body["trigger_name"] = f"posting-to-{added_url}"
     await bridge.post_event(json.dumps(body).encode())
@@ -712,9 +712,9 @@ async def test_off_loopback_the_admin_app_needs_the_token(
     config = make_config(tmp_path, toml)
     assert not is_loopback(config.admin.host)
     bridge = await aiohttp_client(create_app(config))
-    assert ADMIN not in bridge.app  # disabled: no listener of its own
+    assert bridge.app[RUNTIME].admin is None  # disabled: no listener of its own
     admin = await aiohttp_client(
-        create_admin_app(config, bridge.app[STORE], bridge.app[DISPATCHER])
+        create_admin_app(config, bridge.app[RUNTIME].store, bridge.app[RUNTIME].dispatcher)
     )
     for path in ("/", "/api/events"):
         async with admin.get(path) as response:
@@ -830,9 +830,27 @@ async def test_a_taken_admin_port_leaves_the_webhook_listener_serving(
             tmp_path, bridge_toml(fake_chat, "").replace("port = 0", f"port = {port}")
         )
         bridge = await aiohttp_client(create_app(config))
-        assert bridge.app[ADMIN].url is None
+        assert bridge.app[RUNTIME].admin.url is None
         async with bridge.get("/healthz") as response:
             assert response.status == 200
         body = fixture_body(PASSED)
         async with bridge.post("/webhook", data=body, headers=signed_headers(body)) as response:
             assert response.status == 202
+
+
+async def test_the_admin_listener_answers_a_malformed_request_as_json(start: Start) -> None:
+    """The admin listener is hardened like the webhook's: the parser's refusals are JSON."""
+    bridge = await start()
+    assert bridge.admin_url.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.admin_url.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", answer
+    assert b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error and "\n" not in error

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from bridge.server import ADMIN
+from bridge.server import RUNTIME
 from tests.browser import chromium, run_chromium, screenshot
 from tests.fakes.chat_server import FakeChat
 from tests.test_admin import FAILED_BUILD_URL, run_bridge, two_events
@@ -22,7 +22,7 @@ async def test_the_status_page_in_headless_chromium(
     browser = chromium()
     webhook = await run_bridge(aiohttp_client, tmp_path, fake_chat)
     await two_events(webhook)
-    url = webhook.app[ADMIN].url
+    url = webhook.app[RUNTIME].admin.url
     assert url is not None
 
     profile = tmp_path / "chromium-profile"

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from bridge.failed_tests import FailedTest, RunTests
 from bridge.jobserv import parse_build
 from bridge.render import build_context, context, default_template
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import Store
 from tests.conftest import make_config, signed_headers
 from tests.fakes.chat_server import FakeChat
@@ -124,8 +124,8 @@ async def test_the_console_and_a_users_template_print_clean_build_data(
     body = dirty_build()
     response = await client.post("/webhook", data=body, headers=signed_headers(body))
     assert response.status == 202, await response.text()
-    await wait_sent(client.app[STORE], "console")
-    await wait_sent(client.app[STORE], "own")
+    await wait_sent(client.app[RUNTIME].store, "console")
+    await wait_sent(client.app[RUNTIME].store, "own")
 
     printed = capsys.readouterr().out
     assert_clean(printed)

@@ -31,7 +31,7 @@ from bridge.metrics import Metrics
 from bridge.outcome import DEFAULT_RETRY_AFTER, Failed, Retry, Sent
 from bridge.redact import Redactor
 from bridge.render import context
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import Delivery
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import (
@@ -614,7 +614,7 @@ destinations = ["{DESTINATION}"]
     await fake_chat.wait_for(1)
     fake_chat.default(None, MATRIX.success)
     await fake_chat.wait_for(2)
-    store = client.app[STORE]
+    store = client.app[RUNTIME].store
     deadline = time.monotonic() + 5
     while not await store.list_deliveries(state="sent"):
         assert time.monotonic() < deadline, "the delivery was never marked sent"

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge import __version__
 from bridge.config import load_config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import State
 from tests.conftest import FAILED, FIXTURES, PASSED, SECRET, fixture_body, signed_headers
 from tests.fakes.chat_server import FakeChat, Reply
@@ -373,7 +373,7 @@ async def serve_until(
         for body in bodies:
             answer = await client.post("/webhook", data=body, headers=signed_headers(body))
             assert answer.status == 202
-        store = client.app[STORE]
+        store = client.app[RUNTIME].store
         deadline = asyncio.get_running_loop().time() + 5.0
         while (counts := await store.counts()) != wanted:
             assert asyncio.get_running_loop().time() < deadline, counts

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge import __version__
 from bridge.config import load_config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from tests.conftest import FAILED, FIXTURES, PASSED, SECRET
 from tests.fakes.chat_server import FakeChat
 from tests.serve import free_port, run_cli
@@ -213,7 +213,7 @@ async def test_send_test_posts_a_signed_sample(bridge: Client, fake_chat: FakeCh
     assert status == 202
     assert body["deliveries"] == 1
 
-    [event] = await bridge.app[STORE].recent_events(10)
+    [event] = await bridge.app[RUNTIME].store.recent_events(10)
     assert event.id == body["event_id"]
     assert event.status == "FAILED"
     [message] = await fake_chat.wait_for(1, path="/hook")
@@ -231,7 +231,7 @@ async def test_send_test_posts_the_given_payload_byte_for_byte(bridge: Client) -
     result = await send_test(str(bridge.make_url("/webhook")), "--payload", payload)
     assert result.returncode == 0, result.stderr
     assert answer_of(result.stdout)[0] == 202
-    [event] = await bridge.app[STORE].recent_events(10)
+    [event] = await bridge.app[RUNTIME].store.recent_events(10)
     assert event.body == payload.read_bytes()
     assert event.status == "PASSED"
 
@@ -242,7 +242,7 @@ async def test_send_test_with_a_wrong_secret_prints_the_401(bridge: Client) -> N
     status, body = answer_of(result.stdout)
     assert status == 401
     assert "signature" in body["error"]
-    assert await bridge.app[STORE].recent_events(10) == []
+    assert await bridge.app[RUNTIME].store.recent_events(10) == []
 
 
 async def test_send_test_with_an_unset_variable(bridge: Client) -> None:
@@ -251,7 +251,7 @@ async def test_send_test_with_an_unset_variable(bridge: Client) -> None:
     )
     assert_one_line_error(result, "BRIDGE_TEST_UNSET_VARIABLE", "not set")
     assert result.stdout == ""
-    assert await bridge.app[STORE].recent_events(10) == []
+    assert await bridge.app[RUNTIME].store.recent_events(10) == []
 
 
 async def test_send_test_with_a_missing_payload(bridge: Client, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from bridge.delivery import Dispatcher
 from bridge.logs import HumanFormatter
 from bridge.metrics import Metrics
 from bridge.redact import Redactor
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, State, Store
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
@@ -101,7 +101,7 @@ async def wait_rows(
 
 
 def store_of(client: TestClient[Any, Any]) -> Store:
-    return client.app[STORE]
+    return client.app[RUNTIME].store
 
 
 def make_dispatcher(config: Config, store: Store, session: aiohttp.ClientSession) -> Dispatcher:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.config import Config, ConfigError
-from bridge.server import STORE, create_app, reload
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, Store
 from tests.conftest import (
     FAILED,
@@ -155,7 +155,7 @@ async def wait_sent(
     timeout: float = 5.0,  # noqa: ASYNC109
 ) -> DeliveryRow:
     deadline = time.monotonic() + timeout
-    store: Store = client.app[STORE]
+    store: Store = client.app[RUNTIME].store
     while True:
         rows = await store.list_deliveries(state="sent", destination=destination)
         if rows:
@@ -532,7 +532,7 @@ async def test_a_reload_that_adds_the_jobserv_section_starts_the_lookups(
     config = config_for(tmp_path, fake_chat, None, destinations=("generic",))
     client = await aiohttp_client(create_app(config))
     config_for(tmp_path, fake_chat, jobserv_keys(api), destinations=("generic",))
-    assert await reload(client.app)
+    assert await client.app[RUNTIME].reload()
     await post(client, fixture_body(FAILED))
 
     [message] = await fake_chat.wait_for(1, path="/generic")

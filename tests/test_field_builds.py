@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import Config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, Store
 from tests.conftest import (
     FAILED,
@@ -99,7 +99,7 @@ async def test_a_build_created_without_an_offset_and_completed_with_one_is_deliv
 
     answer = await accepted(client, body)
 
-    [row] = await ended(client.app[STORE], answer["event_id"], 1)
+    [row] = await ended(client.app[RUNTIME].store, answer["event_id"], 1)
     assert row.state == "sent", row
     [request] = await fake_chat.wait_for(1, path="/generic")
     assert request.json["duration_seconds"] == 75
@@ -123,8 +123,8 @@ async def test_a_template_whose_blocks_are_not_a_list_does_not_jam_its_lane(
     odd = await accepted(client, changed_build(build_id=1))
     later = await accepted(client, changed_build(build_id=2))
 
-    [first] = await ended(client.app[STORE], odd["event_id"], 1)
-    [second] = await ended(client.app[STORE], later["event_id"], 1)
+    [first] = await ended(client.app[RUNTIME].store, odd["event_id"], 1)
+    [second] = await ended(client.app[RUNTIME].store, later["event_id"], 1)
     assert (first.state, second.state) == ("sent", "sent")
     assert first.attempts == second.attempts == 1
     bodies = [request.json for request in fake_chat.requests_to("/slack-webhook")]
@@ -143,7 +143,7 @@ async def test_garbage_timestamps_are_refused_with_a_one_line_reason(
             assert response.status == 400
             error = (await response.json())["error"]
             assert "created" in error and "\n" not in error
-    assert await client.app[STORE].list_deliveries() == []
+    assert await client.app[RUNTIME].store.list_deliveries() == []
 
 
 def destination(fake: FakeChat, chat_type: str, extra: str = "") -> str:
@@ -330,7 +330,7 @@ class Bridge:
         return self.runner.run(send())
 
     def ended(self, event_id: int, count: int) -> list[DeliveryRow]:
-        return self.runner.run(ended(self.client.app[STORE], event_id, count))
+        return self.runner.run(ended(self.client.app[RUNTIME].store, event_id, count))
 
 
 @contextmanager

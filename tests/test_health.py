@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from bridge.config import Config
-from bridge.server import READY_TIMEOUT, STORE, create_app
+from bridge.server import READY_TIMEOUT, RUNTIME, create_app
 from tests.conftest import (
     FAILED,
     fixture_body,
@@ -107,7 +107,7 @@ async def test_unready_while_the_store_is_closed(
     tmp_path: Path, fake_chat: FakeChat, aiohttp_client: ClientFactory
 ) -> None:
     client = await aiohttp_client(create_app(config_for(tmp_path, fake_chat)))
-    store = client.app[STORE]
+    store = client.app[RUNTIME].store
     await wait_ready(client)
 
     await store.close()

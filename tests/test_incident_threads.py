@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import Config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import Store, open_store
 from tests.conftest import generic_destination, make_config, signed_headers
 from tests.fakes.chat_server import FakeChat
@@ -109,7 +109,7 @@ async def arrive(
         data = body(number, status, completion, trigger)
         response = await client.post("/webhook", data=data, headers=signed_headers(data))
         assert response.status in (200, 202), await response.text()
-    await drained(client.app[STORE])
+    await drained(client.app[RUNTIME].store)
 
 
 async def drained(store: Store, limit: float = 20.0) -> None:

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.jobserv import sign
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from tests.conftest import FAILED, PASSED, SECRET, fixture_body, make_config
 
 OTHER_SECRET = "a-secret-the-bridge-does-not-know"
@@ -115,7 +115,7 @@ class Intake:
 
     def stored(self) -> Stored:
         (events,) = self.database.execute("SELECT count(*) FROM events").fetchone()
-        counts = self.runner.run(self.client.app[STORE].counts())
+        counts = self.runner.run(self.client.app[RUNTIME].store.counts())
         return Stored(events, sum(counts.values()))
 
     def check(

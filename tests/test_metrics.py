@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Config
-from bridge.server import STORE, create_app, reload
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, Store
 from tests.conftest import (
     FAILED,
@@ -153,7 +153,7 @@ async def test_deliveries_by_destination_outcome_and_reason(
     fake_chat.default("/stuck", Reply(503, "down for maintenance", headers={"Retry-After": "3600"}))
     config = write_config(tmp_path, fake_chat, ["ok", "flaky", "gone", "stuck"])
     client = await aiohttp_client(create_app(config))
-    store = client.app[STORE]
+    store = client.app[RUNTIME].store
 
     body = build_body(7)
     assert (await client.post("/webhook", data=body, headers=signed_headers(body))).status == 202
@@ -242,7 +242,7 @@ async def test_config_reloads_are_counted_and_timed(
     assert started - 1 <= loaded_at <= time.time()
 
     write_config(tmp_path, fake_chat, ["ok", "new"])
-    assert await reload(client.app)
+    assert await client.app[RUNTIME].reload()
     samples = await scrape(client)
     assert value(samples, reloads, result="success") == 1
     assert value(samples, reloads, result="failure") == 0
@@ -252,7 +252,7 @@ async def test_config_reloads_are_counted_and_timed(
     assert ("jobserv_bridge_pending_deliveries", frozenset({("destination", "new")})) in samples
 
     config.path.write_text(config.path.read_text() + '\n[[routes]]\ndestinations = ["nowhere"]\n')
-    assert not await reload(client.app)
+    assert not await client.app[RUNTIME].reload()
     samples = await scrape(client)
     assert value(samples, reloads, result="success") == 1
     assert value(samples, reloads, result="failure") == 1

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from bridge.config import Config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import State, Store
 from tests.conftest import (
     FAILED,
@@ -285,7 +285,7 @@ async def test_a_repeated_event_is_answered_200_and_changes_nothing(
     # One message per build and destination: the repeats were not sent again.
     sent = [(r.path, r.json["build_id"]) for r in fake_chat.requests]
     assert len(sent) == len(set(sent))
-    assert await settled(client.app[STORE]) == {"pending": 0, "sent": len(sent), "dead": 0}
+    assert await settled(client.app[RUNTIME].store) == {"pending": 0, "sent": len(sent), "dead": 0}
 
 
 async def test_a_rerun_that_passes_fixes_its_own_failed_build(

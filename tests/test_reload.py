@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import load_config
-from bridge.server import DISPATCHER, STORE, create_app, reload
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, open_store
 from tests.conftest import SECRET, signed_headers
 from tests.fakes.chat_server import Delay, FakeChat, Reply
@@ -166,7 +166,7 @@ async def test_a_good_config_applies_and_pending_deliveries_are_kept(
     write_config(bridge.config, bridge.port, new, ["keep", "added"])
     bridge.send_signal(signal.SIGHUP)
     log = await wait_for_log(bridge, "reloaded")
-    assert "1 sources, 2 destinations, 1 routes" in log
+    assert "1 source, 2 destinations, 1 route\n" in log
 
     fake_chat.default("/keep", Reply(200))
     await bridge.accept(2)
@@ -264,7 +264,7 @@ async def test_a_webhook_during_a_reload_is_not_left_to_a_removed_destination(
     keep = destination(fake_chat, "keep")
     write_config(path, 0, keep + destination(fake_chat, "removed"), ["keep", "removed"])
     client = await aiohttp_client(create_app(load_config(path)))
-    store = client.app[STORE]
+    store = client.app[RUNTIME].store
     body = event_body(1)
     assert (await client.post("/webhook", data=body, headers=signed_headers(body))).status == 202
     await fake_chat.wait_for(1, path="/keep")
@@ -274,11 +274,11 @@ async def test_a_webhook_during_a_reload_is_not_left_to_a_removed_destination(
     blocker = sqlite3.connect(load_config(path).store.path, timeout=5.0, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the store takes nothing for now: the reload waits on it
     try:
-        reloading = asyncio.create_task(reload(client.app))
+        reloading = asyncio.create_task(client.app[RUNTIME].reload())
         # The new lanes are in place once the reload has asked the (blocked) store to
         # make the removed destination's deliveries dead letters.
         deadline = time.monotonic() + 5.0
-        while "added" not in client.app[DISPATCHER].lanes:
+        while "added" not in client.app[RUNTIME].dispatcher.lanes:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         body = event_body(2)
@@ -315,7 +315,7 @@ async def test_a_send_in_flight_past_the_grace_is_sent_again_after_the_reload(
         assert answer.status == 202
     await fake_chat.wait_for(1, path="/slow")  # build 1 is in flight, for a second
 
-    assert await reload(client.app)
+    assert await client.app[RUNTIME].reload()
     # Well before the stopped send's claim (its lease: the timeout and a minute) runs out.
     await fake_chat.wait_for(3, path="/slow", timeout=3.0)
     assert delivered_build_ids(fake_chat, "/slow") == [1, 2]

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from bridge.jobserv import sign
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from bridge.store import DeliveryRow, Store
 from tests.conftest import (
     FAILED,
@@ -92,7 +92,7 @@ async def client(aiohttp_client: AiohttpClient, tmp_path: Path) -> Client:
 
 
 def store_of(client: Client) -> Store:
-    return client.app[STORE]
+    return client.app[RUNTIME].store
 
 
 async def stored(client: Client) -> list[DeliveryRow]:

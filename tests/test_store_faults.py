@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bridge.intake import new_event
 from bridge.jobserv import parse_build
-from bridge.server import STORE, create_app, new_event
+from bridge.server import RUNTIME, create_app
 from bridge.store import Accepted, StoreUnavailable
 from bridge.store.sqlite import SqliteStore
 from bridge.transitions import Transition
@@ -193,7 +194,7 @@ async def test_a_full_disk_is_a_503_until_space_returns(
     for number in (1, 2, 3):
         assert (await post_event(client, number))[0] == 202
     assert sorted(await delivered_builds(fake_chat, 3)) == [1, 2, 3]
-    store = client.app[STORE]
+    store = client.app[RUNTIME].store
     deadline = time.monotonic() + RECOVERY_DEADLINE
     while (await store.counts())["sent"] < 3:  # the outcomes are recorded
         assert time.monotonic() < deadline

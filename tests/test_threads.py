@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from bridge.config import Config
-from bridge.server import STORE, create_app
+from bridge.server import RUNTIME, create_app
 from tests.conftest import make_config
 from tests.fakes.chat_server import FakeChat, RecordedRequest, Reply, SlackApiError, SlackApiOk
 from tests.test_policy import build_body, post, settings, settled
@@ -128,7 +128,7 @@ async def test_a_streak_is_one_thread_whose_first_message_shows_the_incident(
     assert "Failing since #44 (1 failed build)" in broken.json["text"]
     assert again.json["thread_ts"] == SECOND_ROOT
     assert edits[-1].json["ts"] == SECOND_ROOT
-    await settled(client.app[STORE])
+    await settled(client.app[RUNTIME].store)
     assert len(fake_chat.requests_to(UPDATE)) == 3  # one edit per follow-up, no more
 
 
@@ -177,7 +177,7 @@ async def test_a_failed_edit_is_retried_and_the_reply_posted_once(
     assert later.json["thread_ts"] == FIRST_ROOT
     assert [e.json["ts"] for e in edits] == [FIRST_ROOT] * 3  # the refused edit, again, next
     assert "3 failed builds, latest #43" in edits[-1].json["text"]
-    assert await settled(client.app[STORE]) == {"pending": 0, "sent": 3, "dead": 0}
+    assert await settled(client.app[RUNTIME].store) == {"pending": 0, "sent": 3, "dead": 0}
 
 
 async def test_a_reply_slack_refuses_for_now_is_retried_into_the_same_thread(
@@ -193,7 +193,7 @@ async def test_a_reply_slack_refuses_for_now_is_retried_into_the_same_thread(
     refused = fake_chat.requests_to(POST)[1]
     assert refused.json["thread_ts"] == reply.json["thread_ts"] == FIRST_ROOT
     assert [e.json["ts"] for e in edits] == [FIRST_ROOT]  # edited once, after the reply
-    assert await settled(client.app[STORE]) == {"pending": 0, "sent": 2, "dead": 0}
+    assert await settled(client.app[RUNTIME].store) == {"pending": 0, "sent": 2, "dead": 0}
 
 
 async def test_each_trigger_has_its_own_thread(
@@ -274,4 +274,4 @@ async def test_a_reply_refused_because_the_root_is_gone_starts_a_new_root_that_s
         in (again.json["text"])
     )
     assert reply.json["thread_ts"] == SECOND_ROOT and "#42 FAILED" in reply.json["text"]
-    assert await settled(client.app[STORE]) == {"pending": 0, "sent": 2, "dead": 0}
+    assert await settled(client.app[RUNTIME].store) == {"pending": 0, "sent": 2, "dead": 0}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
+
+import aiohttp
 
 from bridge.chats.base import (
     Body,
@@ -27,4 +30,24 @@ def _discover() -> dict[str, ChatType]:
 
 CHAT_TYPES: dict[str, ChatType] = _discover()
 
-__all__ = ["CHAT_TYPES", "Body", "Chat", "ChatType", "DestinationSettings", "Fits", "ThreadedChat"]
+
+def create_chats(
+    destinations: Mapping[str, DestinationSettings], session: aiohttp.ClientSession
+) -> dict[str, Chat]:
+    """A chat for each configured destination, sending through `session`."""
+    return {
+        name: CHAT_TYPES[settings.type].create(settings, session)
+        for name, settings in destinations.items()
+    }
+
+
+__all__ = [
+    "CHAT_TYPES",
+    "Body",
+    "Chat",
+    "ChatType",
+    "DestinationSettings",
+    "Fits",
+    "ThreadedChat",
+    "create_chats",
+]
