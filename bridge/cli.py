@@ -20,21 +20,23 @@ from pathlib import Path
 import aiohttp
 
 from bridge import __version__
-from bridge.chats import CHAT_TYPES
-from bridge.config import Config, ConfigError, http_url, load_config
+from bridge.config import Config, ConfigError, load_config
 from bridge.durations import parse_duration
-from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.failed_tests import FailedTestsFetcher, RunTests, http_url
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
 from bridge.policy import Transition, history, transition
 from bridge.redact import Redactor
-from bridge.render import TemplateError, context
+from bridge.rehearsal import template_problems
+from bridge.render import TemplateError, context, render_message
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Commands that send and store nothing: an unset ${VAR} is no problem for them.
+PREVIEWS = frozenset({"check-config", "render", "routes"})
 
 
 class CommandError(Exception):
@@ -271,8 +273,9 @@ def _render(config: Config, args: argparse.Namespace) -> int:
     tests = asyncio.run(_failed_tests(config, build, most_runs)) if config.jobserv else None
     for name in names:
         try:
-            settings = config.destinations[name]
-            rendered = config.templates[name].render_within(
+            rendered = render_message(
+                config.templates[name],
+                config.destinations[name],
                 context(
                     build,
                     event_id=0,
@@ -281,8 +284,6 @@ def _render(config: Config, args: argparse.Namespace) -> int:
                     change=change,
                     mentions=routed.get(name, ()),
                 ),
-                CHAT_TYPES[settings.type].fits,
-                settings.max_failed_runs,
             )
         except TemplateError as exc:
             raise CommandError(f"destination {name}: {exc}") from None
@@ -291,9 +292,26 @@ def _render(config: Config, args: argparse.Namespace) -> int:
         if rendered.cut:
             left_out = plural(rendered.hidden, "failed run")
             print(f"# {left_out} left out to fit", file=sys.stderr, flush=True)
-        body = rendered.body
+        body = rendered.posted
         text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
         print(text, flush=True)
+    return 0
+
+
+def _check_config(config: Config, path: Path) -> int:
+    """The config loaded; now every template renders sample builds into valid messages."""
+    for unset in config.unset:  # not a problem here, but serve refuses to start without it
+        print(f"{path}: {unset} (serve needs it)", file=sys.stderr)
+    problems = template_problems(config)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(
+        f"{path}: ok ({plural(len(config.sources), 'source')}, "
+        f"{plural(len(config.destinations), 'destination')}, "
+        f"{plural(len(config.routes), 'route')})"
+    )
     return 0
 
 
@@ -343,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"jobserv-bridge: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        config = load_config(args.config)
+        # Commands that send nothing work without the secrets (a placeholder for each).
+        config = load_config(args.config, preview=args.command in PREVIEWS)
     except ConfigError as exc:
         for problem in exc.problems:
             # Problems with the file as a whole already start with its name.
@@ -353,12 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
-            print(
-                f"{args.config}: ok ({plural(len(config.sources), 'source')}, "
-                f"{plural(len(config.destinations), 'destination')}, "
-                f"{plural(len(config.routes), 'route')})"
-            )
-            return 0
+            return _check_config(config, args.config)
         if args.command == "render":
             return _render(config, args)
         if args.command == "routes":

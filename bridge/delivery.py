@@ -18,15 +18,15 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
-from bridge.config import Config, DeliveryConfig, JobservConfig, Route
-from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.chats import Body, Chat, DestinationSettings, ThreadedChat
+from bridge.config import Config, DeliveryConfig, Route
+from bridge.failed_tests import FailedTestsFetcher, JobservConfig, RunTests
 from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, Sent, from_exception, short_reason
 from bridge.redact import Redactor
-from bridge.render import Template, TemplateError, build_context, context
+from bridge.render import Template, TemplateError, build_context, context, render_message
 from bridge.routing import notify_for
 from bridge.store import Delivery, Store, StoreUnavailable
 from bridge.text import plural
@@ -286,7 +286,9 @@ class Lane:
         try:
             build, facts = self.events.get(delivery)
             tests = await self._failed_tests(build)
-            rendered = self.template.render_within(
+            rendered = render_message(
+                self.template,
+                self.settings,
                 context(
                     build,
                     event_id=delivery.event_id,
@@ -296,8 +298,6 @@ class Lane:
                     mentions=delivery.mentions,
                     facts=None if tests else facts,
                 ),
-                CHAT_TYPES[self.settings.type].fits,
-                self.settings.max_failed_runs,
             )
         except (TemplateError, NotABuild) as exc:
             return Failed(f"cannot render: {exc}", code="template")
@@ -358,9 +358,7 @@ class Lane:
 
     async def _render(self, draft: Draft) -> Body:
         facts = build_context(draft.build, await self._failed_tests(draft.build))
-        fits = CHAT_TYPES[self.settings.type].fits
-        most = self.settings.max_failed_runs
-        return self.template.render_within(draft.context(self.name, facts), fits, most).body
+        return render_message(self.template, self.settings, draft.context(self.name, facts)).body
 
     async def _set_thread(self, key: tuple[str, str, str], ref: str | None) -> None:
         """The message is out whatever happens here: a lost thread is not worth a resend."""

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
-from bridge.chats.limits import slack_fits
+from bridge.chats.limits import slack_check, slack_fits
 from bridge.chats.webhook import capped_session
 from bridge.outcome import Outcome, from_http
 
@@ -36,5 +36,10 @@ class SlackWebhook:
 
 
 CHAT = ChatType(
-    "slack-webhook", SlackWebhookSettings, SlackWebhook, template="slack", fits=slack_fits
+    "slack-webhook",
+    SlackWebhookSettings,
+    SlackWebhook,
+    template="slack",
+    fits=slack_fits,
+    check=slack_check,
 )
