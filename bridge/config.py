@@ -383,19 +383,8 @@ def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
         raise ConfigError(unset + problems if preview else problems)
     if not store.path.is_absolute():
         store = store.model_copy(update={"path": base / store.path})
-    return Config(
-        path,
-        server,
-        store,
-        delivery,
-        sources,
-        destinations,
-        routes,
-        templates,
-        admin,
-        jobserv,
-        unset=tuple(unset),
-    )
+    parts = (sources, destinations, routes, templates, admin, jobserv)
+    return Config(path, server, store, delivery, *parts, unset=tuple(unset))
 
 
 def load_config(path: Path | str, *, preview: bool = False) -> Config:
