@@ -35,7 +35,8 @@ from bridge.text import duration_text, plural
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-# Commands that send and store nothing: an unset ${VAR} is no problem for them.
+# Commands that send and store nothing: an unset ${VAR} reads as a placeholder (check-config
+# still names it as a problem, after checking everything else).
 PREVIEWS = frozenset({"check-config", "render", "routes"})
 
 
@@ -299,10 +300,10 @@ def _render(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check_config(config: Config, path: Path) -> int:
-    """The config loaded; now every template renders sample builds into valid messages."""
-    for unset in config.unset:  # not a problem here, but serve refuses to start without it
-        print(f"{path}: {unset} (serve needs it)", file=sys.stderr)
-    problems = template_problems(config)
+    """The config loaded (as a preview, so that its templates are checked even without the
+    secrets); every unset variable is still a problem, and every template must render
+    sample builds into messages its chat takes."""
+    problems = [*config.unset, *template_problems(config)]
     for problem in problems:
         print(f"{path}: {problem}", file=sys.stderr)
     if problems:
@@ -361,7 +362,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"jobserv-bridge: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        # Commands that send nothing work without the secrets (a placeholder for each).
         config = load_config(args.config, preview=args.command in PREVIEWS)
     except ConfigError as exc:
         for problem in exc.problems:

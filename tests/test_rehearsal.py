@@ -58,10 +58,31 @@ def test_samples_cover_each_transition_and_an_incident_root() -> None:
     assert roots and roots[0].make("d")["incident"]["count"] == 2
 
 
-def test_the_example_config_passes_check_config_without_its_secret() -> None:
-    result = run_cli("check-config", "--config", REPO_ROOT / "config.example.toml")
+def test_the_example_config_passes_check_config() -> None:
+    result = run_cli(
+        "check-config",
+        "--config",
+        REPO_ROOT / "config.example.toml",
+        environment={"JOBSERV_WEBHOOK_SECRET": "from-the-environment"},
+    )
     assert result.returncode == 0, result.stderr
     assert "ok (" in result.stdout
+
+
+def test_check_config_checks_templates_even_without_the_secrets(tmp_path: Path) -> None:
+    """An unset variable is a problem, but not one that hides the others."""
+    (tmp_path / "t.j2").write_text('{"text": {{ bulid_id }}}')
+    config = tmp_path / "config.toml"
+    config.write_text(
+        SOURCE.replace('"s"', '"${BRIDGE_TEST_UNSET_SECRET}"')
+        + destination("d", "slack-webhook", "t.j2")
+    )
+    result = run_cli("check-config", "--config", config)
+    assert result.returncode == 2
+    unset, template = result.stderr.splitlines()
+    assert "sources[0].secret: environment variable BRIDGE_TEST_UNSET_SECRET is not set" in unset
+    assert "destinations[0].template:" in template
+    assert "'bulid_id' is undefined" in template
 
 
 def write_templates(folder: Path) -> None:
