@@ -20,15 +20,15 @@ from pathlib import Path
 import aiohttp
 
 from bridge import __version__
-from bridge.chats import CHAT_TYPES
-from bridge.config import Config, ConfigError, http_url, load_config
+from bridge.config import Config, ConfigError, load_config
 from bridge.durations import parse_duration
-from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.failed_tests import FailedTestsFetcher, RunTests, http_url
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
 from bridge.logs import configure as configure_logging
 from bridge.logs import one_line
 from bridge.redact import Redactor
-from bridge.render import TemplateError, context
+from bridge.rehearsal import template_problems
+from bridge.render import TemplateError, context, render_message
 from bridge.routing import explain, targets
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
@@ -36,6 +36,9 @@ from bridge.transitions import Transition, history, transition
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# Commands that send and store nothing: an unset ${VAR} reads as a placeholder (check-config
+# still names it as a problem, after checking everything else).
+PREVIEWS = frozenset({"check-config", "render", "routes"})
 
 
 class CommandError(Exception):
@@ -272,8 +275,9 @@ def _render(config: Config, args: argparse.Namespace) -> int:
     tests = asyncio.run(_failed_tests(config, build, most_runs)) if config.jobserv else None
     for name in names:
         try:
-            settings = config.destinations[name]
-            rendered = config.templates[name].render_within(
+            rendered = render_message(
+                config.templates[name],
+                config.destinations[name],
                 context(
                     build,
                     event_id=0,
@@ -282,8 +286,6 @@ def _render(config: Config, args: argparse.Namespace) -> int:
                     change=change,
                     mentions=routed.get(name, ()),
                 ),
-                CHAT_TYPES[settings.type].fits,
-                settings.max_failed_runs,
             )
         except TemplateError as exc:
             raise CommandError(f"destination {name}: {exc}") from None
@@ -292,9 +294,26 @@ def _render(config: Config, args: argparse.Namespace) -> int:
         if rendered.cut:
             left_out = plural(rendered.hidden, "failed run")
             print(f"# {left_out} left out to fit", file=sys.stderr, flush=True)
-        body = rendered.body
+        body = rendered.posted
         text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
         print(text, flush=True)
+    return 0
+
+
+def _check_config(config: Config, path: Path) -> int:
+    """The config loaded (as a preview, so that its templates are checked even without the
+    secrets); every unset variable is still a problem, and every template must render
+    sample builds into messages its chat takes."""
+    problems = [*config.unset, *template_problems(config)]
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(
+        f"{path}: ok ({plural(len(config.sources), 'source')}, "
+        f"{plural(len(config.destinations), 'destination')}, "
+        f"{plural(len(config.routes), 'route')})"
+    )
     return 0
 
 
@@ -347,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"jobserv-bridge: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, preview=args.command in PREVIEWS)
     except ConfigError as exc:
         for problem in exc.problems:
             # Problems with the file as a whole already start with its name.
@@ -357,12 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
-            print(
-                f"{args.config}: ok ({plural(len(config.sources), 'source')}, "
-                f"{plural(len(config.destinations), 'destination')}, "
-                f"{plural(len(config.routes), 'route')})"
-            )
-            return 0
+            return _check_config(config, args.config)
         if args.command == "render":
             return _render(config, args)
         if args.command == "routes":

@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,21 +23,12 @@ from pydantic import (
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.durations import Duration
+from bridge.failed_tests import JobservConfig
 from bridge.render import Template, TemplateError, default_template, load_template
 from bridge.transitions import Policy
 
 _M = TypeVar("_M", bound=BaseModel)
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def http_url(url: str) -> SplitResult | None:
-    """The parts of an http(s) URL with a host and a numeric port, else None."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a port that is not a number)
-    except ValueError:
-        return None
-    return parts if parts.scheme in ("http", "https") and parts.hostname else None
 
 
 class ConfigError(Exception):
@@ -118,45 +109,6 @@ class AdminConfig(_Section):
 ADMIN_TOKEN_MIN_LENGTH = 16
 
 
-# The failed tests of one message are looked up within this, well under a claim's lease.
-JOBSERV_MAX_TIMEOUT = 30.0
-
-
-class JobservConfig(_Section):
-    """The JobServ API, to name the failed tests of failed runs; only read when configured."""
-
-    api_token: SecretStr  # sent as OSF-TOKEN; needs the ci:read scope
-    # Every API URL a build names is asked of this origin instead (the token goes nowhere else).
-    api_url: str = "https://api.foundries.io/"
-    max_failed_tests: int = Field(default=5, ge=1, description="failed tests named per run")
-    # For all the lookups of one message.
-    timeout: Duration = 5.0
-
-    @field_validator("api_token")
-    @classmethod
-    def _not_empty(cls, token: SecretStr) -> SecretStr:
-        if not token.get_secret_value():
-            raise ValueError("must not be empty")
-        return token
-
-    @field_validator("timeout")
-    @classmethod
-    def _short(cls, seconds: float) -> float:
-        if not 0 < seconds <= JOBSERV_MAX_TIMEOUT:
-            raise ValueError(f"must be more than 0s and at most {JOBSERV_MAX_TIMEOUT:g}s")
-        return seconds
-
-    @field_validator("api_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        parts = http_url(url)
-        if parts is None:
-            raise ValueError("expected an http(s)://HOST[:PORT]/ URL")
-        if parts.query or parts.fragment:
-            raise ValueError("expected a URL without a query or fragment")
-        return url
-
-
 def is_loopback(host: str) -> bool:
     """True for an address only this machine can reach (`localhost`, 127.0.0.0/8, ::1)."""
     if host == "localhost":
@@ -205,6 +157,8 @@ class Config:
     templates: dict[str, Template] = field(repr=False)
     admin: AdminConfig = field(default_factory=AdminConfig)
     jobserv: JobservConfig | None = None  # no [jobserv] section: no API lookups
+    # A preview's unset `${VAR}`s, each with its place (`serve` refuses a config with any).
+    unset: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
         """Every secret value the config holds, for redaction."""
@@ -256,21 +210,29 @@ def _problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[
     ]
 
 
-def _expand_environment(value: Any, loc: tuple[int | str, ...], problems: list[str]) -> Any:
-    """Replace `${VAR}` in every string with the environment's value."""
+def unset_placeholder(name: str) -> str:
+    """What a preview reads for an unset `${VAR}`: it never needs the secret itself."""
+    return f"<unset {name}>"
+
+
+def _expand_environment(
+    value: Any, loc: tuple[int | str, ...], unset: list[str], preview: bool = False
+) -> Any:
+    """Replace `${VAR}` in every string with the environment's value; each unset one is
+    listed in `unset` with its place (and reads as a placeholder in a preview)."""
     if isinstance(value, dict):
-        return {k: _expand_environment(v, (*loc, k), problems) for k, v in value.items()}
+        return {k: _expand_environment(v, (*loc, k), unset, preview) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_environment(v, (*loc, i), problems) for i, v in enumerate(value)]
+        return [_expand_environment(v, (*loc, i), unset, preview) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name not in os.environ:
-            problems.append(f"{place(loc)}: environment variable {name} is not set")
-            return ""
-        return os.environ[name]
+        if name in os.environ:
+            return os.environ[name]
+        unset.append(f"{place(loc)}: environment variable {name} is not set")
+        return unset_placeholder(name) if preview else ""
 
     return _ENV_REFERENCE.sub(substitute, value)
 
@@ -342,8 +304,12 @@ def _admin_problems(admin: AdminConfig, server: ServerConfig | None) -> list[str
     return problems
 
 
-def parse_config(text: str, path: Path) -> Config:
-    """Validate a config's text; relative paths in it are relative to `path`'s folder."""
+def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
+    """Validate a config's text; relative paths in it are relative to `path`'s folder.
+
+    `preview`: for commands that send nothing (check-config, render, routes), an unset
+    `${VAR}` reads as `<unset VAR>` instead of being a problem; `serve` never previews.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -352,7 +318,10 @@ def parse_config(text: str, path: Path) -> Config:
     problems: list[str] = []
     known = {"server", "store", "delivery", "admin", "jobserv", "sources", "destinations", "routes"}
     problems += [f"{key}: unknown section" for key in raw if key not in known]
-    raw = _expand_environment(raw, (), problems)
+    unset: list[str] = []
+    raw = _expand_environment(raw, (), unset, preview)
+    if not preview:
+        problems += unset
 
     server = _section(ServerConfig, raw.get("server"), "server", problems)
     store = _section(StoreConfig, raw.get("store"), "store", problems)
@@ -411,19 +380,18 @@ def parse_config(text: str, path: Path) -> Config:
                     f'routes[{r_index}].destinations[{d_index}]: no destination named "{name}"'
                 )
     if problems or server is None or store is None or delivery is None or admin is None:
-        raise ConfigError(problems)
+        raise ConfigError(unset + problems if preview else problems)
     if not store.path.is_absolute():
         store = store.model_copy(update={"path": base / store.path})
-    return Config(
-        path, server, store, delivery, sources, destinations, routes, templates, admin, jobserv
-    )
+    parts = (sources, destinations, routes, templates, admin, jobserv)
+    return Config(path, server, store, delivery, *parts, unset=tuple(unset))
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, *, preview: bool = False) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ConfigError([f"{path}: cannot read: {reason}"]) from None
-    return parse_config(text, path)
+    return parse_config(text, path, preview=preview)

@@ -17,9 +17,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.chats import CHAT_TYPES, Body, Chat, DestinationSettings, ThreadedChat
-from bridge.config import Config, DeliveryConfig, JobservConfig, Route
-from bridge.failed_tests import FailedTestsFetcher, RunTests
+from bridge.chats import Body, Chat, DestinationSettings, ThreadedChat
+from bridge.config import Config, DeliveryConfig, Route
+from bridge.failed_tests import FailedTestsFetcher, JobservConfig, RunTests
 from bridge.giveup import Limits
 from bridge.incidents import Role, wanted_roles
 from bridge.jobserv import Build, NotABuild, parse_build
@@ -30,7 +30,7 @@ from bridge.outcome import Failed, Outcome, Retry, from_exception
 from bridge.rate_limit import TokenBucket
 from bridge.recorder import Recorder
 from bridge.redact import Redactor
-from bridge.render import Rendered, Template, TemplateError, build_context, context
+from bridge.render import Rendered, Template, TemplateError, build_context, context, render_message
 from bridge.routing import notify_for
 from bridge.store import Delivery, DispatchStore, LaneStore, StoreUnavailable
 from bridge.threads import Draft, Reconcile
@@ -231,7 +231,9 @@ class Lane:
         """The one place a lane renders a (plain, not threaded) delivery."""
         build, facts = self.events.get(delivery)
         tests = await self._failed_tests(build)
-        return self.template.render_within(
+        return render_message(
+            self.template,
+            self.settings,
             context(
                 build,
                 event_id=delivery.event_id,
@@ -241,8 +243,6 @@ class Lane:
                 mentions=delivery.mentions,
                 facts=None if tests else facts,
             ),
-            CHAT_TYPES[self.settings.type].fits,
-            self.settings.max_failed_runs,
         )
 
     async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
@@ -281,9 +281,7 @@ class Lane:
 
     async def _render(self, draft: Draft) -> Body:
         facts = build_context(draft.build, await self._failed_tests(draft.build))
-        fits = CHAT_TYPES[self.settings.type].fits
-        most = self.settings.max_failed_runs
-        return self.template.render_within(draft.context(self.name, facts), fits, most).body
+        return render_message(self.template, self.settings, draft.context(self.name, facts)).body
 
     async def _failed_tests(self, build: Build) -> dict[str, RunTests] | None:
         if self.failed_tests is None or self.jobserv is None:

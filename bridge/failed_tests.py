@@ -18,13 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from yarl import URL
 
-from bridge.config import JobservConfig
+from bridge.durations import Duration
 from bridge.jobserv import Build, Run
 
 log = logging.getLogger("bridge.failed_tests")
@@ -41,6 +41,57 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
+
+
+def http_url(url: str) -> SplitResult | None:
+    """The parts of an http(s) URL with a host and a numeric port, else None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
+# The failed tests of one message are looked up within this, well under a claim's lease.
+JOBSERV_MAX_TIMEOUT = 30.0
+
+
+class JobservConfig(BaseModel):
+    """The JobServ API, to name the failed tests of failed runs; only read when configured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_token: SecretStr  # sent as OSF-TOKEN; needs the ci:read scope
+    # Every API URL a build names is asked of this origin instead (the token goes nowhere else).
+    api_url: str = "https://api.foundries.io/"
+    max_failed_tests: int = Field(default=5, ge=1, description="failed tests named per run")
+    # For all the lookups of one message.
+    timeout: Duration = 5.0
+
+    @field_validator("api_token")
+    @classmethod
+    def _not_empty(cls, token: SecretStr) -> SecretStr:
+        if not token.get_secret_value():
+            raise ValueError("must not be empty")
+        return token
+
+    @field_validator("timeout")
+    @classmethod
+    def _short(cls, seconds: float) -> float:
+        if not 0 < seconds <= JOBSERV_MAX_TIMEOUT:
+            raise ValueError(f"must be more than 0s and at most {JOBSERV_MAX_TIMEOUT:g}s")
+        return seconds
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = http_url(url)
+        if parts is None:
+            raise ValueError("expected an http(s)://HOST[:PORT]/ URL")
+        if parts.query or parts.fragment:
+            raise ValueError("expected a URL without a query or fragment")
+        return url
 
 
 class Unavailable(Exception):

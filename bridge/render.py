@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bridge.chats.base import Body, Fits
+from bridge.chats import CHAT_TYPES
+from bridge.chats.base import Body, DestinationSettings, Fits
 from bridge.jobserv import Build
 from bridge.markup import (
     clean,
@@ -59,8 +60,7 @@ def _to_json(value: Any) -> str:
 def mrkdwn(text: Any) -> str:
     """Escape the characters Slack's mrkdwn treats as control characters, and keep an
     `@here` from being read as a mention."""
-    escaped = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return unmention(escaped)
+    return unmention(html(text))
 
 
 def slack_link(url: Any, text: Any) -> str:
@@ -168,6 +168,8 @@ class Rendered:
     body: Body
     hidden: int  # failed runs left out (over the destination's maximum, or to fit the chat)
     cut: bool = False  # whether the chat's size limits made us leave runs out
+    # The body as the chat posts it, with the fields its `send` adds (`render_message` sets it).
+    posted: Body | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,19 @@ class Template:
         if not isinstance(document, dict):
             raise TemplateError(f"{self.name}: rendered JSON is not an object")
         return document
+
+
+def render_message(
+    template: Template, settings: DestinationSettings, context: dict[str, Any]
+) -> Rendered:
+    """The one render path: what a lane sends, `render` prints and `check-config` checks.
+
+    At most the destination's `max_failed_runs`, within its chat's size limits; `body` is
+    what the chat's `send` takes, `posted` what it posts (with the fields it adds).
+    """
+    chat = CHAT_TYPES[settings.type]
+    rendered = template.render_within(context, chat.fits, settings.max_failed_runs)
+    return replace(rendered, posted=chat.prepare(settings, rendered.body))
 
 
 def compile_template(source: str, name: str, kind: Literal["json", "text"]) -> Template:

@@ -101,6 +101,13 @@ def test_check_config_of_the_example_needs_its_secret() -> None:
     )
 
 
+def test_serve_refuses_the_example_without_its_secret() -> None:
+    result = run_cli("serve", "--config", EXAMPLE_CONFIG)
+    assert_one_line_error(
+        result, "sources[0].secret", "environment variable JOBSERV_WEBHOOK_SECRET is not set"
+    )
+
+
 def test_check_config_lists_every_problem_with_its_place(tmp_path: Path) -> None:
     config = write(
         tmp_path,
@@ -320,6 +327,114 @@ async def test_render_prints_what_serve_posts(
         if "event_id" in rendered:  # not known before the event is stored
             rendered["event_id"] = received.json["event_id"]
         assert rendered == received.json
+
+
+IDENTITY_CONFIG = """
+    [admin]
+    enabled = false
+
+    [[sources]]
+    name = "jobserv"
+    secret = "{secret}"
+    factories = ["*"]
+
+    [[destinations]]
+    name = "discord"
+    type = "discord"
+    url = "{discord_url}"
+    username = "JobServ"
+    avatar_url = "https://example.com/fio.png"
+
+    [[destinations]]
+    name = "mattermost"
+    type = "mattermost"
+    url = "{mattermost_url}"
+    channel = "ci"
+    username = "JobServ"
+
+    [[destinations]]
+    name = "slack"
+    type = "slack-api"
+    token = "{token}"
+    channel = "#ci"
+
+    [[routes]]
+    destinations = ["discord", "mattermost"]
+    """
+
+
+def preview_config(folder: Path) -> Path:
+    """The identity config with every secret an unset environment variable."""
+    text = IDENTITY_CONFIG.format(
+        secret="${BRIDGE_TEST_UNSET_SECRET}",
+        discord_url="${BRIDGE_TEST_UNSET_DISCORD_URL}",
+        mattermost_url="${BRIDGE_TEST_UNSET_MATTERMOST_URL}",
+        token="${BRIDGE_TEST_UNSET_TOKEN}",
+    )
+    return write(folder, "preview.toml", text)
+
+
+async def test_render_without_secrets_prints_what_serve_posts_with_the_chats_fields(
+    tmp_path: Path, fake_chat: FakeChat, aiohttp_client: ClientFactory
+) -> None:
+    """The preview needs no secret, and shows the fields a chat adds when it sends (a
+    Discord user name, a Mattermost channel): byte for byte what the chats receive."""
+    text = IDENTITY_CONFIG.format(
+        secret=SECRET,
+        discord_url=fake_chat.url("/discord"),
+        mattermost_url=fake_chat.url("/mattermost"),
+        token="xoxb-0",
+    )
+    config_path = write(tmp_path, "config.toml", text)
+    client = await aiohttp_client(create_app(load_config(config_path)))
+    body = fixture_body(FAILED)
+    answer = await client.post("/webhook", data=body, headers=signed_headers(body))
+    assert answer.status == 202
+    await fake_chat.wait_for(1, path="/discord")
+    await fake_chat.wait_for(1, path="/mattermost")
+    await client.close()
+
+    preview = preview_config(tmp_path)
+    payload = FIXTURES / f"{FAILED}.json"
+    for name in ("discord", "mattermost"):
+        result = await asyncio.to_thread(
+            run_cli, "render", "--config", preview, "--payload", payload, "--destination", name
+        )
+        assert result.returncode == 0, result.stderr
+        [rendered] = json_documents(result.stdout)
+        [received] = fake_chat.requests_to(f"/{name}")
+        assert rendered == received.json
+        assert rendered["username"] == "JobServ"
+    assert received.json["channel"] == "ci"
+
+
+def test_render_for_slack_api_shows_its_channel_without_the_token(tmp_path: Path) -> None:
+    result = run_cli(
+        "render",
+        "--config",
+        preview_config(tmp_path),
+        "--payload",
+        FIXTURES / f"{FAILED}.json",
+        "--destination",
+        "slack",
+    )
+    assert result.returncode == 0, result.stderr
+    [document] = json_documents(result.stdout)
+    assert document["channel"] == "#ci"
+    assert document["text"].startswith(":red_circle:")
+    assert "<unset" not in result.stdout + result.stderr
+
+
+def test_routes_needs_no_secrets_but_serve_does(tmp_path: Path) -> None:
+    config = preview_config(tmp_path)
+    routes = run_cli("routes", "--config", config, "--payload", FIXTURES / f"{FAILED}.json")
+    assert routes.returncode == 0, routes.stderr
+    assert "destinations: discord, mattermost" in routes.stdout
+    serve = run_cli("serve", "--config", config)
+    assert serve.returncode == 2
+    assert "Traceback" not in serve.stderr
+    for variable in ("SECRET", "DISCORD_URL", "MATTERMOST_URL", "TOKEN"):
+        assert f"environment variable BRIDGE_TEST_UNSET_{variable} is not set" in serve.stderr
 
 
 # --- outbox ---------------------------------------------------------------------

@@ -19,6 +19,24 @@ from bridge.outcome import Outcome
 Body = dict[str, Any] | str
 # A chat's size check: None when a message fits, else what is over its limits.
 Fits = Callable[[Body], str | None]
+# A chat's shape check: None when a message has what the chat needs, else what is missing.
+Check = Callable[[Body], str | None]
+# The fields a chat adds to a rendered body when it sends it (a channel, a user name).
+Prepare = Callable[[Any, Body], Body]
+
+
+def as_rendered(settings: Any, body: Body) -> Body:
+    """A chat that adds nothing sends the body as rendered."""
+    return body
+
+
+def needs_one_of(body: Body, *keys: str) -> str | None:
+    """A check: the body is a JSON object with at least one of `keys`, not empty."""
+    if not isinstance(body, dict):
+        return "not a JSON object"
+    if any(body.get(key) for key in keys):
+        return None
+    return f"needs {' or '.join(f'`{key}`' for key in keys)}"
 
 
 def message_key(kind: str, body: Body) -> str:
@@ -91,6 +109,10 @@ class ChatType:
     template: str = ""
     fits: Fits | None = None
     threads: bool = False  # a ThreadedChat: incidents live in threads (bridge.threads)
+    # What its `send` adds to a body (called by `send` and by previews: one place).
+    prepare: Prepare = as_rendered
+    # The least a body must hold for this chat (check-config renders samples through it).
+    check: Check | None = None
 
     @property
     def template_name(self) -> str:

@@ -8,7 +8,7 @@ import aiohttp
 from pydantic import Field, SecretStr
 from yarl import URL
 
-from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.base import Body, ChatType, DestinationSettings, needs_one_of
 from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import discord_fits
 from bridge.outcome import Outcome, from_http, parse_retry_after
@@ -36,17 +36,29 @@ class Discord:
     def __init__(self, settings: DiscordSettings, session: aiohttp.ClientSession) -> None:
         self.session = session
         self.url = URL(settings.url.get_secret_value()).update_query(wait="true")
-        self.identity = {
-            key: value
-            for key, value in (("username", settings.username), ("avatar_url", settings.avatar_url))
-            if value
-        }
+        self.settings = settings
 
     async def send(self, body: Body, key: str) -> Outcome:
-        payload = {**self.identity, **body} if isinstance(body, dict) else {"content": body}
+        payload = prepare(self.settings, body)
         answer = await send_json(self.session, self.url, payload)
         after = retry_after(answer) if answer.status == 429 else None
         return from_http(answer.status, answer.headers, answer.text, retry_after=after)
 
 
-CHAT = ChatType("discord", DiscordSettings, Discord, fits=discord_fits)
+def prepare(settings: DiscordSettings, body: Body) -> dict[str, Any]:
+    """The body, with the destination's user name and avatar unless the body sets them."""
+    identity = {
+        key: value
+        for key, value in (("username", settings.username), ("avatar_url", settings.avatar_url))
+        if value
+    }
+    return {**identity, **body} if isinstance(body, dict) else {"content": body}
+
+
+def check(body: Body) -> str | None:
+    return needs_one_of(body, "content", "embeds")
+
+
+CHAT = ChatType(
+    "discord", DiscordSettings, Discord, fits=discord_fits, prepare=prepare, check=check
+)

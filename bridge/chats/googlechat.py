@@ -7,7 +7,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, SecretStr
 
-from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.base import Body, ChatType, DestinationSettings, needs_one_of
 from bridge.chats.http import send_json
 from bridge.chats.limits import googlechat_fits
 from bridge.outcome import Outcome, from_http
@@ -31,4 +31,8 @@ class GoogleChat:
         return from_http(answer.status, answer.headers, answer.text)
 
 
-CHAT = ChatType("googlechat", GoogleChatSettings, GoogleChat, fits=googlechat_fits)
+def check(body: Body) -> str | None:
+    return needs_one_of(body, "text", "cardsV2")
+
+
+CHAT = ChatType("googlechat", GoogleChatSettings, GoogleChat, fits=googlechat_fits, check=check)

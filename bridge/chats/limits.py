@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.chats.base import Body
+from bridge.chats.base import Body, needs_one_of
 
 
 def encode_json(body: Body) -> bytes:
@@ -50,6 +50,11 @@ def slack_fits(body: Body) -> str | None:
             if problem := over_length(element.get("text"), 3000, f"blocks[{index}] element"):
                 return problem
     return over_length(body.get("text"), 40000, "text")
+
+
+def slack_check(body: Body) -> str | None:
+    """Slack shows a message with `text` or `blocks`."""
+    return needs_one_of(body, "text", "blocks")
 
 
 def over_total(texts: list[Any], limit: int, what: str) -> str | None:

@@ -104,4 +104,12 @@ def _content(body: Body) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"msgtype": "m.notice", "body": body}
 
 
-CHAT = ChatType("matrix", MatrixSettings, Matrix, fits=matrix_fits, threads=True)
+def check(body: Body) -> str | None:
+    """A room message needs its `msgtype` and its plain `body`."""
+    if not isinstance(body, dict):
+        return "not a JSON object"
+    missing = [key for key in ("msgtype", "body") if not isinstance(body.get(key), str)]
+    return f"needs {' and '.join(f'`{key}`' for key in missing)}" if missing else None
+
+
+CHAT = ChatType("matrix", MatrixSettings, Matrix, fits=matrix_fits, threads=True, check=check)

@@ -8,7 +8,7 @@ from typing import Literal
 import aiohttp
 from pydantic import Field, SecretStr
 
-from bridge.chats.base import Body, ChatType, DestinationSettings
+from bridge.chats.base import Body, ChatType, DestinationSettings, needs_one_of
 from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import rocketchat_fits
 from bridge.outcome import Outcome, from_http
@@ -52,4 +52,8 @@ class RocketChat:
         )
 
 
-CHAT = ChatType("rocketchat", RocketChatSettings, RocketChat, fits=rocketchat_fits)
+def check(body: Body) -> str | None:
+    return needs_one_of(body, "text", "attachments")
+
+
+CHAT = ChatType("rocketchat", RocketChatSettings, RocketChat, fits=rocketchat_fits, check=check)

@@ -14,7 +14,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.http import capped_session
-from bridge.chats.limits import slack_fits
+from bridge.chats.limits import slack_check, slack_fits
 from bridge.outcome import Outcome, Retry, Sent, from_slack_api
 
 
@@ -27,13 +27,13 @@ class SlackApiSettings(DestinationSettings):
 
 class SlackApi:
     def __init__(self, settings: SlackApiSettings, session: aiohttp.ClientSession) -> None:
-        self.channel = settings.channel
+        self.settings = settings
         self.token = settings.token
         self.api_url = settings.api_url
         self.session = session
 
     async def send(self, body: Body, key: str) -> Outcome:
-        return await self._call("chat_postMessage", channel=self.channel, **_payload(body))
+        return await self._call("chat_postMessage", **prepare(self.settings, body))
 
     async def reply(self, body: Body, key: str, thread: str) -> Outcome:
         channel, ts = thread.split("/", 1)
@@ -90,6 +90,18 @@ def _payload(body: Body) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"text": body}
 
 
+def prepare(settings: SlackApiSettings, body: Body) -> dict[str, Any]:
+    """chat.postMessage's arguments: the body and the destination's channel."""
+    return {**_payload(body), "channel": settings.channel}
+
+
 CHAT = ChatType(
-    "slack-api", SlackApiSettings, SlackApi, template="slack", fits=slack_fits, threads=True
+    "slack-api",
+    SlackApiSettings,
+    SlackApi,
+    template="slack",
+    fits=slack_fits,
+    threads=True,
+    prepare=prepare,
+    check=slack_check,
 )

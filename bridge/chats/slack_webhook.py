@@ -11,7 +11,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.http import capped_session
-from bridge.chats.limits import slack_fits
+from bridge.chats.limits import slack_check, slack_fits
 from bridge.outcome import Outcome, Retry, from_http, parse_retry_after
 
 
@@ -46,5 +46,10 @@ def _outcome(status: int, headers: Mapping[str, str], text: str) -> Outcome:
 
 
 CHAT = ChatType(
-    "slack-webhook", SlackWebhookSettings, SlackWebhook, template="slack", fits=slack_fits
+    "slack-webhook",
+    SlackWebhookSettings,
+    SlackWebhook,
+    template="slack",
+    fits=slack_fits,
+    check=slack_check,
 )

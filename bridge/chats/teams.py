@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from pydantic import Field, SecretStr
@@ -31,4 +31,18 @@ class Teams:
         return from_http(answer.status, answer.headers, answer.text)
 
 
-CHAT = ChatType("teams", TeamsSettings, Teams, fits=teams_fits)
+ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
+
+
+def check(body: Body) -> str | None:
+    """A workflow posts the Adaptive Cards in `attachments`."""
+    attachments: Any = body.get("attachments") if isinstance(body, dict) else None
+    if not isinstance(attachments, list) or not any(
+        isinstance(a, dict) and a.get("contentType") == ADAPTIVE_CARD and a.get("content")
+        for a in attachments
+    ):
+        return f"needs `attachments` with an Adaptive Card ({ADAPTIVE_CARD})"
+    return None
+
+
+CHAT = ChatType("teams", TeamsSettings, Teams, fits=teams_fits, check=check)

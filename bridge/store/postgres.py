@@ -21,7 +21,6 @@ of each kind of caller in postgres_intake.py, postgres_lanes.py and postgres_rep
 
 from __future__ import annotations
 
-from bridge.store import Store
 from bridge.store.postgres_intake import PostgresIntake
 from bridge.store.postgres_lanes import PostgresLanes
 from bridge.store.postgres_pool import LANE_LOCK_CLASS, safe_url
@@ -30,5 +29,5 @@ from bridge.store.postgres_reports import PostgresReports
 __all__ = ["LANE_LOCK_CLASS", "PostgresStore", "safe_url"]
 
 
-class PostgresStore(PostgresIntake, PostgresLanes, PostgresReports, Store):
+class PostgresStore(PostgresIntake, PostgresLanes, PostgresReports):
     """The PostgreSQL outbox: its intake, lanes and reports over one pool."""

@@ -7,13 +7,8 @@ import json
 import time
 from typing import Any
 
-from bridge.store import (
-    Accepted,
-    NewEvent,
-    Plan,
-    StoreUnavailable,
-)
 from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
+from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable
 from bridge.transitions import (
     STREAK_LIMIT,
     History,

@@ -7,11 +7,6 @@ import json
 from typing import Any
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.store import (
-    Claim,
-    Delivery,
-    State,
-)
 from bridge.store.postgres_pool import (
     HIGHEST,
     LOWEST,
@@ -19,6 +14,7 @@ from bridge.store.postgres_pool import (
     log,
     stored_transition,
 )
+from bridge.store.records import Claim, Delivery, State
 
 # A window (see `incidents.Window`): the passed builds nearest below and above a build ...
 _WINDOW_BOUNDS = """

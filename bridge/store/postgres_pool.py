@@ -16,11 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bridge.store import (
-    StoreUnavailable,
-    unavailable,
-)
 from bridge.store.postgres_schema import migrate
+from bridge.store.records import StoreUnavailable, unavailable
 from bridge.transitions import (
     Transition,
 )

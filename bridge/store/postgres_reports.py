@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.store import (
-    DeliveryRow,
-    DestinationStats,
-    EventRow,
-    HourActivity,
-    State,
-)
 from bridge.store.postgres_pool import PostgresPool, row_count
+from bridge.store.records import DeliveryRow, DestinationStats, EventRow, HourActivity, State
 
 _DELIVERY_ROW = """
 SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at, d.updated_at,

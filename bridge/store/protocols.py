@@ -138,3 +138,22 @@ class OperationsStore(Protocol):
 
 class DispatchStore(LaneStore, OperationsStore, Protocol):
     """What the dispatcher needs: its lanes' calls, and pruning what was sent long ago."""
+
+
+class Store(IntakeStore, DispatchStore, ReportStore, Protocol):
+    """A whole backend (SQLite, PostgreSQL). Every backend keeps these promises:
+
+    - `accept` stores an event and its deliveries atomically and durably before it
+      returns; a second event with the same key stores nothing and says so.
+    - A destination's pending deliveries are claimed oldest first (by id), and a
+      claim stops at the first one not yet due, so a lane stays in order.
+    - A claim is a lease: if its holder dies, the delivery becomes claimable again.
+    - A lane (a destination's deliveries) is owned by one serving process at a time,
+      and only its owner claims, so its order and rate limit hold across replicas.
+    """
+
+    async def open(self, *, serving: bool) -> None:
+        """Make ready; `serving` means this process will claim deliveries."""
+        ...
+
+    async def close(self) -> None: ...

@@ -17,11 +17,10 @@ kind of caller in sqlite_intake.py, sqlite_lanes.py and sqlite_reports.py.
 
 from __future__ import annotations
 
-from bridge.store import Store
 from bridge.store.sqlite_intake import SqliteIntake
 from bridge.store.sqlite_lanes import SqliteLanes
 from bridge.store.sqlite_reports import SqliteReports
 
 
-class SqliteStore(SqliteIntake, SqliteLanes, SqliteReports, Store):
+class SqliteStore(SqliteIntake, SqliteLanes, SqliteReports):
     """The SQLite outbox: its intake, lanes and reports over one writer thread."""

@@ -7,11 +7,7 @@ import json
 import sqlite3
 import time
 
-from bridge.store import (
-    Accepted,
-    NewEvent,
-    Plan,
-)
+from bridge.store.records import Accepted, NewEvent, Plan
 from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
 from bridge.transitions import (
     STREAK_LIMIT,

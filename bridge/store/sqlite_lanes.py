@@ -6,11 +6,7 @@ import json
 import sqlite3
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.store import (
-    Claim,
-    Delivery,
-    State,
-)
+from bridge.store.records import Claim, Delivery, State
 from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
 from bridge.transitions import (
     Transition,
@@ -18,6 +14,13 @@ from bridge.transitions import (
 
 
 class SqliteLanes(SqliteWriter):
+    async def own_lane(self, destination: str) -> bool:
+        """One process serves a SQLite file (it holds the file's lock): it owns every lane."""
+        return True
+
+    async def release_lane(self, destination: str) -> None:
+        return None
+
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
         def work(c: sqlite3.Connection) -> Claim:
             rows = c.execute(

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from bridge.store import (
-    DeliveryRow,
-    DestinationStats,
-    EventRow,
-    HourActivity,
-    State,
-)
+from bridge.store.records import DeliveryRow, DestinationStats, EventRow, HourActivity, State
 from bridge.store.sqlite_writer import SqliteWriter
 
 

@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.store import (
-    StoreUnavailable,
-    unavailable,
-)
+from bridge.store.records import StoreUnavailable, unavailable
 from bridge.store.sqlite_schema import migrate
 
 T = TypeVar("T")
