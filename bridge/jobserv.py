@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from datetime import UTC, datetime
 from functools import cached_property
@@ -185,3 +186,29 @@ def signed_by(digest: bytes, body: bytes, secrets: list[str]) -> int | None:
         if hmac.compare_digest(expected, digest) and found is None:
             found = index
     return found
+
+
+def reason_headline(reason: str) -> str:
+    """The line of a build's reason a person wants first.
+
+    JobServ's git poller writes the build's parameters as indented JSON, then the git
+    log (`{\n  "GIT_URL": ...\n}\nabc123 bump kernel`): its first line is a lone `{`.
+    Skip such a leading JSON object for the first line after it, or its values when
+    nothing follows.
+    """
+    text = reason.strip()
+    if text.startswith("{"):
+        try:
+            params, end = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            params, end = None, 0
+        if isinstance(params, dict):
+            rest = _first_line(text[end:])
+            if rest:
+                return rest
+            return ", ".join(f"{key}={value}" for key, value in list(params.items())[:3])
+    return _first_line(text)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 # Characters that start Markdown formatting, links or mentions mid-line. An underscore
 # between letters or digits (build_amd64) formats nothing, so it is kept as is.
@@ -99,3 +100,13 @@ def clean_data(value: Any, multiline: frozenset[str] = frozenset(), key: str = "
     if isinstance(value, list | tuple):
         return [clean_data(item, multiline, key) for item in value]
     return value
+
+
+# What a URL may hold as it is: reserved characters, and escapes already made.
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+def quote_url(url: str) -> str:
+    """`url` with spaces and non-ASCII characters percent-encoded (JobServ builds a run's
+    web link without quoting its name), escapes already in it kept as they are."""
+    return quote(url, safe=_URL_SAFE)

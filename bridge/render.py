@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.chats import CHAT_TYPES
 from bridge.chats.base import Body, DestinationSettings, Fits
-from bridge.jobserv import Build
+from bridge.jobserv import Build, reason_headline
 from bridge.markup import (
     clean,
     clean_data,
@@ -28,6 +28,7 @@ from bridge.markup import (
     html_link,
     markdown,
     markdown_link,
+    quote_url,
     safe_url,
     unmention,
 )
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 REASON_LIMIT = 150
 # The build data whose line breaks are kept (the rest is one line each).
 MULTILINE_FIELDS = frozenset({"reason", "reason_full"})
+# A run's links, as JobServ sends them.
+_RUN_URLS = ("url", "log_url", "web_url", "tests")
 
 
 class TemplateError(ValueError):
@@ -286,8 +289,11 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         data = run.model_dump(mode="json")
         seconds = _seconds_between(run.created, run.completed)
         found = (tests or {}).get(run.name)
+        for key in _RUN_URLS:
+            if data.get(key):
+                data[key] = quote_url(data[key])
         data.update(
-            link=run.web_url or run.log_url or run.url,
+            link=data["web_url"] or data["log_url"] or data["url"],
             duration=seconds,
             duration_text=duration_text(seconds),
             failed_tests=[test.as_context() for test in found.failed] if found else [],
@@ -325,11 +331,11 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         "created": build.created.isoformat() if build.created else None,
         "completed": build.completed.isoformat() if build.completed else None,
         "links": {
-            "build": build.web_url or build.url,
-            "api": build.url,
-            "runs": build.runs_url or build.url.rstrip("/") + "/runs/",
+            "build": quote_url(build.web_url or build.url),
+            "api": quote_url(build.url),
+            "runs": quote_url(build.runs_url or build.url.rstrip("/") + "/runs/"),
         },
-        "reason": shorten(first_line(reason_full)),
+        "reason": shorten(reason_headline(reason_full)),
         "reason_full": reason_full,
     }
     cleaned: dict[str, Any] = clean_data(facts, MULTILINE_FIELDS)

@@ -500,3 +500,47 @@ def test_the_sandbox_refuses_unsafe_access(source: str, kind: Any) -> None:
     with pytest.raises(TemplateError, match="unsafe"):
         template.render(values)
     assert json.dumps(values, sort_keys=True) == before
+
+
+# --- what JobServ's own sender sends (found running its notify code against the bridge) ---
+
+GIT_POLLER_REASON = (
+    json.dumps(
+        {
+            "GIT_URL": "https://source.foundries.io/factories/andy-corp/lmp-manifest.git",
+            "GIT_REF": "refs/heads/devel",
+            "GIT_SHA": "9a8b7c6d",
+        },
+        indent=2,
+    )
+    + "\n9a8b7c6 bump the kernel to 6.6.40\n3f2e1d0 fix the wifi firmware\n"
+)
+
+
+def test_a_git_poller_reason_is_headed_by_its_first_commit_not_a_brace() -> None:
+    facts = context(failed_build(reason=GIT_POLLER_REASON), event_id=1, destination="d")
+    assert facts["reason"] == "9a8b7c6 bump the kernel to 6.6.40"
+    assert facts["reason_full"].startswith("{")  # the whole reason is still there
+
+
+def test_a_reason_of_parameters_alone_names_them() -> None:
+    reason = json.dumps({"GIT_REF": "refs/heads/devel", "GIT_SHA": "9a8b7c6d"}, indent=2)
+    facts = context(failed_build(reason=reason), event_id=1, destination="d")
+    assert facts["reason"] == "GIT_REF=refs/heads/devel, GIT_SHA=9a8b7c6d"
+
+
+def test_a_reason_that_only_starts_with_a_brace_is_its_first_line() -> None:
+    facts = context(failed_build(reason="{not json}\nmore"), event_id=1, destination="d")
+    assert facts["reason"] == "{not json}"
+
+
+def test_run_links_are_quoted_as_a_chat_needs_them() -> None:
+    run = failed_run("build-ärm64 ✓")
+    run["web_url"] = "https://ci.foundries.io/projects/andy-corp/lmp/builds/68/build-ärm64 ✓"
+    run["log_url"] += "?sig=a%2Fb"
+    [shown] = context(failed_build(runs=[run]), event_id=1, destination="d")["failed_runs"]
+    assert shown["link"] == (
+        "https://ci.foundries.io/projects/andy-corp/lmp/builds/68/build-%C3%A4rm64%20%E2%9C%93"
+    )
+    assert shown["log_url"].endswith("console.log?sig=a%2Fb")  # escapes already made are kept
+    assert shown["name"] == "build-ärm64 ✓"
