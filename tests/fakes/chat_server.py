@@ -18,13 +18,18 @@ behaviours, consumed in order; when a path's queue is empty, the path's
 default (``default(path, b)``) or else the global default (``default(None, b)``,
 initially ``Reply(200, "ok")``) answers.
 
-Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError, Stream.
+Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError, Stream, RateLimited.
+
+``RateLimited`` answers as a chat with a real rate limit does (Slack's incoming webhooks:
+about one message a second, short bursts allowed; past that, 429 with Retry-After).
+``fake.delivered(path)`` lists the requests that got a 2xx answer: what a reader sees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,6 +47,7 @@ __all__ = [
     "Echo",
     "FakeChat",
     "Hang",
+    "RateLimited",
     "RecordedRequest",
     "Reply",
     "Reset",
@@ -49,6 +55,7 @@ __all__ = [
     "SlackApiOk",
     "Stream",
     "slack_api_ok",
+    "slack_webhook_limit",
 ]
 
 
@@ -122,7 +129,25 @@ class Stream:
     limit: int = 256 * 1024 * 1024
 
 
-Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError | Stream
+@dataclass(frozen=True)
+class RateLimited:
+    """A chat's rate limit on a path: ``rate`` requests a second on average, ``burst`` at
+    once; a request past it is answered 429 with ``Retry-After`` (whole seconds, as Slack
+    writes it) and ``body``, any other runs ``then``. Its token bucket is the fake's, per
+    path, filled from the first request."""
+
+    rate: float = 1.0
+    burst: int = 1
+    then: Behaviour = field(default_factory=Reply)
+    body: str = "rate_limited"
+
+
+Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError | Stream | RateLimited
+
+
+def slack_webhook_limit() -> RateLimited:
+    """Slack's incoming webhook: 1 message a second, a short burst allowed, 429 past it."""
+    return RateLimited(rate=1.0, burst=3, then=Reply(200, "ok"))
 
 
 def slack_api_ok(channel: str = "C123") -> SlackApiOk:
@@ -181,6 +206,10 @@ class FakeChat:
         self._port: int | None = None
         self._ts_counter = 0
         self.streamed = 0  # bytes of the last Stream answer written
+        # Each answered request and its status, in the order they were answered.
+        self.answered: list[tuple[RecordedRequest, int]] = []
+        # RateLimited: per path, (tokens, when they were counted).
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -248,9 +277,18 @@ class FakeChat:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
 
+    def delivered(self, path: str | None = None) -> list[RecordedRequest]:
+        """The requests (to ``path``, if given) answered with a 2xx, in answer order."""
+        return [
+            request
+            for request, status in self.answered
+            if 200 <= status < 300 and (path is None or request.path == path)
+        ]
+
     def clear(self) -> None:
         """Forget recorded requests (scripts and defaults are kept)."""
         self.requests.clear()
+        self.answered.clear()
 
     async def wait_for(
         self,
@@ -278,6 +316,20 @@ class FakeChat:
             ) from None
         return list(matching())
 
+    async def wait_until(
+        self,
+        done: Callable[[FakeChat], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 (the API the tests want)
+    ) -> None:
+        """Wait until `done(self)` holds, checked as requests arrive and are answered;
+        raises AssertionError on timeout."""
+        try:
+            async with asyncio.timeout(timeout), self._arrived:
+                await self._arrived.wait_for(lambda: done(self))
+        except TimeoutError:
+            answers = [f"{r.method} {r.path} {status}" for r, status in self.answered]
+            raise AssertionError(f"not done within {timeout}s; answered: {answers}") from None
+
     # --- serving -------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -298,7 +350,11 @@ class FakeChat:
         if isinstance(behaviour, Stream):
             return await self._stream(request, behaviour)
         try:
-            return await self._respond(behaviour, recorded)
+            response = await self._respond(behaviour, recorded)
+            async with self._arrived:
+                self.answered.append((recorded, response.status))
+                self._arrived.notify_all()
+            return response
         except _Dropped:
             if request.transport is not None:
                 request.transport.abort()
@@ -329,6 +385,12 @@ class FakeChat:
                 raise _Dropped
             case Reset():
                 raise _Dropped
+            case RateLimited(rate=rate, burst=burst, then=then, body=text):
+                wait = self._take_token(request.path, rate, burst)
+                if wait > 0:
+                    retry_after = str(max(1, math.ceil(wait)))
+                    return _response(429, text, {"Retry-After": retry_after}, _TEXT)
+                return await self._respond(then, request)
         raise TypeError(f"unknown behaviour: {behaviour!r}")
 
     async def _stream(self, request: web.BaseRequest, stream: Stream) -> web.StreamResponse:
@@ -355,6 +417,17 @@ class FakeChat:
         except TimeoutError:
             return True
         return False
+
+    def _take_token(self, path: str, rate: float, burst: int) -> float:
+        """Take a token of `path`'s bucket: 0 when there was one, else how long until one."""
+        now = time.monotonic()
+        tokens, then = self._buckets.get(path, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - then) * rate)
+        if tokens >= 1.0:
+            self._buckets[path] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[path] = (tokens, now)
+        return (1.0 - tokens) / rate
 
     def _next_ts(self) -> str:
         self._ts_counter += 1

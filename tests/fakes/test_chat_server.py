@@ -16,10 +16,12 @@ from .chat_server import (
     Delay,
     FakeChat,
     Hang,
+    RateLimited,
     Reply,
     Reset,
     SlackApiError,
     SlackApiOk,
+    slack_webhook_limit,
 )
 
 
@@ -159,3 +161,37 @@ async def test_slack_web_client_errors(fake: FakeChat) -> None:
         await client.chat_postMessage(channel="C1", text="hi")
     assert limited.value.response.status_code == 429
     assert limited.value.response.headers["Retry-After"] == "3"
+
+
+async def test_a_rate_limit_answers_429_past_its_burst_then_lets_one_through_a_second(
+    fake: FakeChat, session: aiohttp.ClientSession
+) -> None:
+    fake.default("/hook", RateLimited(rate=2.0, burst=2, then=Reply(200, "ok")))
+
+    async def post() -> tuple[int, str | None]:
+        async with session.post(fake.url("/hook"), json={"text": "hi"}) as resp:
+            return resp.status, resp.headers.get("Retry-After")
+
+    assert [await post() for _ in range(3)] == [(200, None), (200, None), (429, "1")]
+    await fake.wait_until(lambda chat: len(chat.answered) == 3)
+    assert len(fake.delivered("/hook")) == 2
+    await asyncio.sleep(0.6)  # a token back (2 a second), with room for a busy machine
+    assert (await post())[0] == 200
+    assert len(fake.delivered()) == 3
+    assert fake.requests_to("/other") == [] and fake.delivered("/other") == []
+
+
+async def test_slacks_webhook_limit_lets_a_burst_through_and_no_more(
+    fake: FakeChat, session: aiohttp.ClientSession
+) -> None:
+    fake.default("/hook", slack_webhook_limit())
+    statuses = []
+    for _ in range(6):
+        async with session.post(fake.url("/hook"), json={"text": "hi"}) as resp:
+            statuses.append(resp.status)
+            if resp.status == 429:
+                assert resp.headers["Retry-After"] == "1"
+                assert await resp.text() == "rate_limited"
+    # Six requests at once on a 1/s limit: the burst and at most one refilled token pass.
+    assert statuses[:3] == [200, 200, 200]
+    assert statuses.count(429) >= 2
