@@ -12,21 +12,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bridge.chats import Body, Chat, DestinationSettings, ThreadedChat
 from bridge.config import Config, DeliveryConfig, Route
+from bridge.digest import Attempt, Digester
 from bridge.failed_tests import FailedTestsFetcher, JobservConfig, RunTests
 from bridge.giveup import Limits
 from bridge.incidents import Role, wanted_roles
-from bridge.jobserv import Build, NotABuild, parse_build
+from bridge.jobserv import Build, NotABuild
 from bridge.lane_owner import LaneOwnership
 from bridge.log_throttle import FailureLog
 from bridge.metrics import Metrics
 from bridge.outcome import Failed, Outcome, Retry, from_exception
+from bridge.parsed_events import ParsedEvents
 from bridge.rate_limit import TokenBucket
 from bridge.recorder import Recorder
 from bridge.redact import Redactor
@@ -52,27 +52,6 @@ def _describe(exc: BaseException) -> str:
     if len(text) > ERROR_TEXT_LIMIT:
         text = text[: ERROR_TEXT_LIMIT - 1] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class ParsedEvents:
-    """Stored events parsed, with their template facts: one event often goes to several
-    destinations, so the lanes share this (a few hundred events, the most recent)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        # Keyed by the body itself: the same bytes always parse the same.
-        self.entries: OrderedDict[bytes, tuple[Build, dict[str, Any]]] = OrderedDict()
-
-    def get(self, delivery: Delivery) -> tuple[Build, dict[str, Any]]:
-        found = self.entries.get(delivery.body)
-        if found is not None:
-            self.entries.move_to_end(delivery.body)
-            return found
-        build = parse_build(delivery.body)
-        found = self.entries[delivery.body] = (build, build_context(build))
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-        return found
 
 
 @dataclass
@@ -110,6 +89,7 @@ class Lane:
             self.config.retry_max,
         )
         self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
+        self.digester = Digester(self.settings, self.template, self.events.get)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
 
     @property
@@ -140,6 +120,10 @@ class Lane:
             await self._sleep(left)
 
     async def _step(self) -> None:
+        if self.digester.most > 1 and (wait := self.bucket.ready_in()):
+            # Held by the rate limit: wait before claiming, so that the claim takes what
+            # arrived meanwhile, to go as one digest. Nothing else ever waits to be grouped.
+            await asyncio.sleep(wait)
         now = time.time()
         lease = self.settings.timeout + LEASE_MARGIN
         claim = await self.store.claim(self.name, now, CLAIM_BATCH, lease)
@@ -149,22 +133,19 @@ class Lane:
                 wait = min(wait, max(claim.next_due - now, 0.0))
             await self._sleep(wait)
             return
-        index = 0
+        due, done = claim.deliveries, 0  # done: those whose outcome is recorded
         try:
-            for index, delivery in enumerate(claim.deliveries):
+            while done < len(due):
                 if self.stopping or not await self.owner.own():
-                    await self.store.release([d.id for d in claim.deliveries[index:]])
+                    await self.store.release([d.id for d in due[done:]])
                     return
-                outcome: Outcome | None = self.recorder.given_up(delivery)
-                attempted = outcome is None
-                if outcome is None:
-                    if wait := self.bucket.delay():
-                        await asyncio.sleep(wait)
-                    async with self.slots:
-                        outcome = await self.deliver(delivery)
-                held = await self.recorder.conclude(delivery, outcome, attempted)
+                held, unit = False, await self._attempt(due[done:])
+                now = time.time()  # one time for a digest's members: they retry together
+                for delivery, outcome, attempted in unit:
+                    held = await self.recorder.conclude(delivery, outcome, attempted, now) or held
+                    done += 1
                 if held:  # the head must wait: keep the rest behind it
-                    await self.store.release([d.id for d in claim.deliveries[index + 1 :]])
+                    await self.store.release([d.id for d in due[done:]])
                     return
         except (asyncio.CancelledError, Exception):
             # Stopped past the grace (a reload, a shutdown), or the store failed: give the
@@ -172,8 +153,23 @@ class Lane:
             # lease (a minute) to run out. Briefly: a stuck store must not hold anything up.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
-                    await self.store.release([d.id for d in claim.deliveries[index:]])
+                    await self.store.release([d.id for d in due[done:]])
             raise
+
+    async def _attempt(self, due: list[Delivery]) -> list[Attempt]:
+        """Send the unit at the head of `due`: a digest of several (bridge.digest), or one."""
+        digest = self.digester.take(due, self.recorder.unrecorded.__contains__)
+        delivery = due[0]
+        given_up = None if digest else self.recorder.given_up(delivery)
+        if given_up is not None:
+            return [(delivery, given_up, False)]
+        if wait := self.bucket.delay():
+            await asyncio.sleep(wait)
+        async with self.slots:
+            if digest is None:
+                return [(delivery, await self.deliver(delivery), True)]
+            outcome = await self._send(self.chat.send(digest.rendered.body, digest.key))
+        return digest.outcomes(outcome, self.config.retry_initial, self.config.retry_max)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -27,6 +27,7 @@ FIELDS = (
     "reason",
     "attempt",
     "source",
+    "digest",
 )
 
 

@@ -24,6 +24,14 @@ class TokenBucket:
         self.tokens -= 1.0
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def ready_in(self) -> float:
+        """How long until a token is there, taking none."""
+        if self.rate <= 0:
+            return 0.0
+        elapsed = time.monotonic() - self.updated
+        tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def empty(self) -> None:
         """Start again with no token: the next message waits 1/rate."""
         self.tokens = 0.0

@@ -40,12 +40,14 @@ class Recorder:
         age = time.time() - delivery.created_at
         return given_up_unrecorded(self.limits, attempts, unrecorded, age)
 
-    async def conclude(self, delivery: Delivery, outcome: Outcome, attempted: bool) -> bool:
+    async def conclude(
+        self, delivery: Delivery, outcome: Outcome, attempted: bool, now: float | None = None
+    ) -> bool:
         """Record the outcome; True when the lane must wait for this delivery. When the store
         refuses it, record a plainer one (the attempt must count); when that fails too, the
         attempt is counted here and the error raised."""
         try:
-            held = await self.record(delivery, outcome)
+            held = await self.record(delivery, outcome, now)
         except Exception as exc:
             log.exception("%s: delivery %d: cannot store its outcome", self.name, delivery.id)
             if attempted:
@@ -58,13 +60,14 @@ class Recorder:
                 if isinstance(outcome, Retry)
                 else Failed(plain, code=outcome.code)
             )
-            held = await self.record(delivery, fallback)
+            held = await self.record(delivery, fallback, now)
         self.unrecorded.pop(delivery.id, None)
         return held
 
-    async def record(self, delivery: Delivery, outcome: Outcome) -> bool:
-        """Store the outcome; True when the lane must wait for this delivery."""
-        now = time.time()
+    async def record(self, delivery: Delivery, outcome: Outcome, now: float | None = None) -> bool:
+        """Store the outcome (of a send that ended at `now`: one time for a digest's
+        members); True when the lane must wait for this delivery."""
+        now = time.time() if now is None else now
         attempt = delivery.attempts + 1 + self.unrecorded.get(delivery.id, 0)
         if not isinstance(outcome, Sent):
             # Redacted before the cut, so that no cut leaves part of a secret behind.

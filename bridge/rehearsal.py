@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.config import Config
+from bridge.digest import digest_context, digest_entry, render_digest
 from bridge.failed_tests import FailedTest, RunTests
 from bridge.jobserv import Build, parse_build
 from bridge.render import Template, TemplateError, build_context, context, render_message
@@ -31,6 +32,7 @@ class Sample:
     what: str
     make: MakeContext
     threads_only: bool = False  # only chats that thread render it (an incident's root)
+    digest: bool = False  # a digest's context: only templates that read `digest` render it
 
 
 @cache
@@ -96,8 +98,18 @@ def _late_failure() -> History:
     return above(_before(build), newer, (newer, "PASSED"), 0)
 
 
-# Every template is rendered against each of these (a digest sample goes here too, once
-# the context has one).
+def _digest(destination: str) -> dict[str, Any]:
+    """Builds due at once: a still failing one, a first failure, a fixed one."""
+    messages = (
+        _message(_failed(), _before(_failed(), "FAILED", "FAILED")),
+        _message(_failed(), _before(_failed(), "PASSED")),
+        _message(_passed(), _before(_passed(), "FAILED")),
+    )
+    entries = [digest_entry(make(destination)) for make in messages]
+    return digest_context(entries, destination=destination)
+
+
+# Every template is rendered against each of these.
 SAMPLES = (
     Sample("a failed build", _message(_failed(), _before(_failed()))),
     Sample("a first failure", _message(_failed(), _before(_failed(), "PASSED"))),
@@ -107,6 +119,7 @@ SAMPLES = (
     Sample("a fixed build", _message(_passed(), _before(_passed(), "FAILED", "FAILED"))),
     Sample("a late failure fixed since", _message(_failed(), _late_failure())),
     Sample("an incident root", _incident_root, threads_only=True),
+    Sample("a digest", _digest, digest=True),
 )
 
 
@@ -116,7 +129,13 @@ def template_problem(
     """What is wrong with the message `template` renders for `sample`, or None."""
     chat = CHAT_TYPES[settings.type]
     try:
-        rendered = render_message(template, settings, sample.make(settings.name))
+        if sample.digest:
+            builds = sample.make(settings.name)["digest"]
+            shown, rendered = render_digest(template, settings, builds, len(builds))
+            if shown < 2:
+                return "a digest of two builds is over the chat's limits"
+        else:
+            rendered = render_message(template, settings, sample.make(settings.name))
     except TemplateError as exc:
         return str(exc).removeprefix(f"{template.name}: ")
     if chat.check is not None and rendered.posted is not None:
@@ -135,7 +154,7 @@ def template_problems(config: Config) -> list[str]:
         threads = CHAT_TYPES[settings.type].threads
         seen: set[str] = set()
         for sample in SAMPLES:
-            if sample.threads_only and not threads:
+            if (sample.threads_only and not threads) or (sample.digest and not template.digests):
                 continue
             problem = template_problem(template, settings, sample)
             if problem is not None and problem not in seen:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.chats import CHAT_TYPES
@@ -180,6 +181,7 @@ class Template:
     name: str
     kind: Literal["json", "text"]
     compiled: jinja2.Template
+    digests: bool = False  # it renders a digest (reads `digest`): bridge.digest
 
     def render_within(
         self, context: dict[str, Any], fits: Fits | None, most: int | None = None
@@ -253,7 +255,17 @@ def compile_template(source: str, name: str, kind: Literal["json", "text"]) -> T
         code = env.compile(source, name=name, filename=name)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{name}, line {exc.lineno}: {exc.message}") from None
-    return Template(name, kind, env.template_class.from_code(env, code, env.make_globals(None)))
+    compiled = env.template_class.from_code(env, code, env.make_globals(None))
+    return Template(name, kind, compiled, digests=handles_digest(env, source))
+
+
+def handles_digest(environment: jinja2.Environment, source: str) -> bool:
+    """Whether a template's source (for `environment`, whose filters it may use) reads the
+    context's `digest`: if not, its builds go one by one (bridge.digest)."""
+    try:
+        return "digest" in meta.find_undeclared_variables(environment.parse(source))
+    except jinja2.TemplateError:  # it does not compile: refused at load anyway
+        return False
 
 
 def load_template(path: Path, kind: Literal["json", "text"]) -> Template:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +14,17 @@ from bridge.chats import CHAT_TYPES, ChatType
 from bridge.chats.limits import slack_fits
 from bridge.digest import (
     DIGEST_FIELDS,
+    Digester,
     digest_context,
     digest_entry,
     fit_members,
-    handles_digest,
     next_unit,
     units,
 )
 from bridge.jobserv import Build, parse_build
-from bridge.render import Template, context, default_template
+from bridge.outcome import Retry, Sent
+from bridge.render import Template, context, default_template, handles_digest
+from bridge.store import Delivery
 from tests.conftest import FAILED, PASSED, fixture_body
 
 # The environment templates compile in (its filters are the ones templates may use).
@@ -248,3 +251,168 @@ def test_when_not_two_builds_fit_the_head_goes_alone() -> None:
 
     assert fit_members(render, 9, slack_fits) == (1, "")
     assert fit_members(render, 1, slack_fits) == (1, "")
+
+
+def test_the_docs_example_renders_a_digest_and_a_build() -> None:
+    from bridge.render import compile_template
+
+    page = (Path(__file__).parent.parent / "docs" / "templates.md").read_text()
+    section = page.split("## Digests\n", 1)[1].split("\n## ", 1)[0]
+    source = section.split("```jinja\n", 1)[1].split("```", 1)[0]
+    template = compile_template(source, "example.j2", "json")
+    assert template.digests
+    listed = entries(3)
+    body = template.render(digest_context(listed, destination="ci"))
+    assert body == {"text": "\n".join(entry["links"]["build"] for entry in listed)}
+    build = build_variant(9, "t")
+    assert template.render(context(build, event_id=1, destination="ci")) == {
+        "text": f"andy-corp #9 FAILED {build.web_url}"
+    }
+
+
+def test_digest_keys_are_per_destination_with_their_defaults(tmp_path: Path) -> None:
+    from bridge.config import ConfigError
+    from tests.conftest import jobserv_source, make_config
+
+    def destination(name: str, kind: str, extra: str = "") -> str:
+        return f"""
+[[destinations]]
+name = "{name}"
+type = "{kind}"
+url = "http://127.0.0.1:9/{name}"
+{extra}
+"""
+
+    config = make_config(
+        tmp_path,
+        jobserv_source()
+        + destination("slack", "slack-webhook")
+        + destination("hook", "generic")
+        + destination("quiet", "slack-webhook", "digest = false\ndigest_max = 5"),
+    )
+    found = {
+        name: (settings.digest, settings.digest_max)
+        for name, settings in config.destinations.items()
+    }
+    assert found == {"slack": (True, 30), "hook": (False, 30), "quiet": (False, 5)}
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, jobserv_source() + destination("x", "teams", "digest_max = 0"))
+    assert any("digest_max" in problem for problem in caught.value.problems)
+
+
+def test_check_config_rehearses_a_digest_with_templates_that_read_it(tmp_path: Path) -> None:
+    from bridge.rehearsal import template_problems
+    from tests.conftest import jobserv_source, make_config
+
+    (tmp_path / "broken.j2").write_text(
+        '{% if digest is defined %}{"text": {{ digest_count }}}'
+        '{% else %}{"text": {{ factory }}}{% endif %}'
+    )
+    (tmp_path / "single.j2").write_text('{"text": {{ factory ~ " #" ~ build_id }}}')
+    config = make_config(
+        tmp_path,
+        jobserv_source()
+        + "".join(
+            f"""
+[[destinations]]
+name = "{name}"
+type = "slack-webhook"
+url = "http://127.0.0.1:9/{name}"
+{template}
+"""
+            for name, template in [
+                ("default", ""),
+                ("broken", 'template = "broken.j2"'),
+                ("single", 'template = "single.j2"'),
+            ]
+        ),
+    )
+    [problem] = template_problems(config)
+    assert problem.startswith("destinations[1].template: ")
+    assert "rendering a digest" in problem
+    assert "digest_count" in problem
+
+
+# -- a lane's digests --------------------------------------------------------------------
+
+
+def digester(tmp_path: Path, extra: str = "", template: str = "") -> Digester:
+    from bridge.parsed_events import ParsedEvents
+    from tests.conftest import jobserv_source, make_config
+
+    if template:
+        (tmp_path / "own.j2").write_text(template)
+    config = make_config(
+        tmp_path,
+        jobserv_source()
+        + f"""
+[[destinations]]
+name = "ci"
+type = "slack-webhook"
+url = "http://127.0.0.1:9/ci"
+{'template = "own.j2"' if template else ""}
+{extra}
+""",
+    )
+    settings = config.destinations["ci"]
+    return Digester(settings, config.templates["ci"], ParsedEvents().get)
+
+
+def due(*bodies: bytes) -> list[Delivery]:
+    return [
+        Delivery(number, number, "ci", 0, 0.0, body, event_key=f"event-{number}")
+        for number, body in enumerate(bodies, start=1)
+    ]
+
+
+def failures(count: int) -> list[bytes]:
+    return [
+        json.dumps(build_variant(n, f"t-{n}").model_dump(mode="json")).encode()
+        for n in range(1, count + 1)
+    ]
+
+
+def test_a_lane_digests_its_due_run_up_to_digest_max(tmp_path: Path) -> None:
+    found = digester(tmp_path, "digest_max = 3").take(due(*failures(5)), lambda _d: False)
+    assert found is not None
+    assert [d.id for d in found.members] == [1, 2, 3]
+    text = rendered_text(found.rendered.body)
+    assert "3 builds: 3 failed" in text
+    assert "…and 2 more builds follow" in text
+    # The same members make the same key: a resend of the digest is the same message.
+    again = digester(tmp_path, "digest_max = 3").take(due(*failures(4)), lambda _d: False)
+    assert again is not None and again.key == found.key
+
+
+def test_no_digest_for_a_lone_delivery_or_when_off(tmp_path: Path) -> None:
+    assert digester(tmp_path).take(due(*failures(1)), lambda _d: False) is None
+    off = digester(tmp_path, "digest = false")
+    assert off.most == 1
+    assert off.take(due(*failures(3)), lambda _d: False) is None
+    own = digester(tmp_path, template='{"text": {{ factory }}}')
+    assert own.most == 1
+
+
+def test_deliveries_that_must_go_alone_are_left_out_of_a_digest(tmp_path: Path) -> None:
+    bodies = failures(4)
+    bodies[2] = b'{"not": "a build"}'
+    found = digester(tmp_path).take(due(*bodies), lambda _d: False)
+    assert found is not None and [d.id for d in found.members] == [1, 2]
+    unrecorded = digester(tmp_path).take(due(*failures(4)), lambda d: d.id == 2)
+    assert unrecorded is None  # 1 is followed by one that goes alone: 1 goes alone too
+
+
+def test_a_template_whose_digest_fails_sends_builds_one_by_one(tmp_path: Path) -> None:
+    broken = '{% if digest is defined %}{{ nope }}{% else %}{"text": {{ factory }}}{% endif %}'
+    assert digester(tmp_path, template=broken).take(due(*failures(3)), lambda _d: False) is None
+
+
+def test_a_digest_retried_without_a_time_is_due_again_all_at_once(tmp_path: Path) -> None:
+    found = digester(tmp_path).take(due(*failures(3)), lambda _d: False)
+    assert found is not None
+    outcomes = found.outcomes(Retry("http 503", code="http_503"), 1.0, 60.0)
+    waits = {outcome.after for _, outcome, _ in outcomes if isinstance(outcome, Retry)}
+    assert len(outcomes) == 3 and len(waits) == 1 and None not in waits
+    asked = found.outcomes(Retry("429", 7.0), 1.0, 60.0)
+    assert {outcome.after for _, outcome, _ in asked if isinstance(outcome, Retry)} == {7.0}
+    assert [d.id for d, _, attempted in found.outcomes(Sent(), 1, 2) if attempted] == [1, 2, 3]

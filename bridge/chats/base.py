@@ -64,6 +64,10 @@ class DestinationSettings(BaseModel):
     max_attempts: int = Field(default=0, ge=0, description="0 = no limit, only max_age")
     max_age: Duration = 24 * 3600.0
     max_failed_runs: int = Field(default=20, ge=0, description="failed runs listed at most")
+    # Several builds due at once go as one message (bridge.digest); never on a chat that
+    # threads, nor with a template that does not handle `digest`.
+    digest: bool = True
+    digest_max: int = Field(default=30, ge=1, description="builds in one digest at most")
 
 
 class Chat(Protocol):

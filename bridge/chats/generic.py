@@ -19,6 +19,9 @@ class GenericSettings(DestinationSettings):
     rate_limit: float = Field(default=10.0, ge=0)
     burst: int = Field(default=10, ge=1)
     max_failed_runs: int = Field(default=1000, ge=0)
+    # A webhook's receiver is a program that reads one build a document: a digest is a
+    # different document, so it is asked for (docs/configuration.md).
+    digest: bool = False
 
 
 class Generic:
