@@ -1,0 +1,122 @@
+"""Silences: the model (globs, destination, time) and what callers may ask for."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from bridge.silences import LONGEST, Silence, SilenceRequest, literal, silencing
+
+NOW = 1_800_000_000.0
+
+
+def silence(
+    factory: str = "*",
+    trigger: str = "*",
+    destination: str | None = None,
+    starts: float = NOW - 60,
+    ends: float = NOW + 3600,
+    id: int = 1,
+) -> Silence:
+    return Silence(
+        factory=factory,
+        trigger=trigger,
+        destination=destination,
+        starts_at=starts,
+        ends_at=ends,
+        comment="known breakage",
+        author="ana",
+        id=id,
+        created_at=starts,
+    )
+
+
+def test_a_silence_matches_by_factory_and_trigger_globs_and_destination() -> None:
+    muted = silence("andy-*", "platform-*", "ci-alerts")
+    assert muted.matches("andy-corp", "platform-devel", "ci-alerts")
+    assert not muted.matches("bob-corp", "platform-devel", "ci-alerts")
+    assert not muted.matches("andy-corp", "docs", "ci-alerts")
+    assert not muted.matches("andy-corp", "platform-devel", "ops")
+    everywhere = silence("andy-corp")
+    assert everywhere.matches("andy-corp", "", "ops")
+    assert everywhere.matches("andy-corp", "anything", "ci-alerts")
+    assert not silence("Andy-corp").matches("andy-corp", "x", "ops")  # case counts, as routes
+
+
+def test_a_silence_is_pending_then_active_then_expired() -> None:
+    muted = silence(starts=NOW, ends=NOW + 10)
+    assert muted.state(NOW - 1) == "pending"
+    assert muted.state(NOW) == "active"
+    assert muted.state(NOW + 9.9) == "active"
+    assert muted.state(NOW + 10) == "expired"
+
+
+def test_silencing_picks_an_active_matching_silence_that_ends_last() -> None:
+    found = [
+        silence("*", "*", "ops", id=1),  # another destination
+        silence(ends=NOW - 1, id=2),  # expired
+        silence(starts=NOW + 5, id=3),  # pending
+        silence("andy-corp", ends=NOW + 60, id=4),
+        silence("andy-*", ends=NOW + 600, id=5),
+    ]
+    chosen = silencing(found, "andy-corp", "platform", "ci-alerts", NOW)
+    assert chosen is not None and chosen.id == 5
+    assert silencing(found[:3], "andy-corp", "platform", "ci-alerts", NOW) is None
+    # When the silence ends, nothing mutes any more: the next build notifies as usual.
+    assert silencing(found[:2] + found[3:], "andy-corp", "platform", "ci-alerts", NOW + 601) is None
+    # A pending silence mutes from its start.
+    started = silencing(found, "andy-corp", "platform", "ci-alerts", NOW + 601)
+    assert started is not None and started.id == 3
+
+
+@given(st.text(min_size=1, max_size=30), st.text(max_size=30))
+def test_a_literal_glob_matches_its_name_alone(name: str, other: str) -> None:
+    glob = literal(name)
+    assert fnmatchcase(name, glob)
+    assert fnmatchcase(other, glob) == (other == name)
+
+
+def test_a_request_becomes_a_silence_starting_now() -> None:
+    asked = SilenceRequest.model_validate(
+        {
+            "trigger": "platform-*",
+            "destination": "ci-alerts",
+            "for": "2h",
+            "comment": " flaky ",
+            "author": "ana",
+        }
+    )
+    new = asked.at(NOW)
+    assert (new.factory, new.trigger, new.destination) == ("*", "platform-*", "ci-alerts")
+    assert (new.starts_at, new.ends_at) == (NOW, NOW + 7200)
+    assert (new.comment, new.author) == ("flaky", "ana")
+    blank = SilenceRequest.model_validate(
+        {"destination": " ", "for": 60, "comment": "x", "author": "ana"}
+    )
+    assert blank.destination is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"for": "0s"},
+        {"for": "soon"},
+        {"for": f"{LONGEST + 1}"},
+        {"comment": ""},
+        {"comment": "   "},
+        {"comment": "two\nlines"},
+        {"comment": "x" * 501},
+        {"author": ""},
+        {"factory": ""},
+        {"trigger": "a\tb"},
+        {"unknown": "key"},
+    ],
+)
+def test_a_request_that_cannot_be_a_silence_is_refused(changes: dict[str, object]) -> None:
+    asked: dict[str, object] = {"for": "2h", "comment": "flaky", "author": "ana"}
+    with pytest.raises(ValidationError):
+        SilenceRequest.model_validate({**asked, **changes})
