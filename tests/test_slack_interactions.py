@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from bridge.chats import CHAT_TYPES
+from bridge.incidents import Incident, root_summary
+from bridge.jobserv import parse_build
+from bridge.render import build_context, default_template
 from bridge.slack_interactions import (
     ACKNOWLEDGE,
     MUTE,
@@ -21,6 +26,8 @@ from bridge.slack_interactions import (
     parse_press,
     read_value,
 )
+from bridge.threads import Draft
+from tests.conftest import FAILED, fixture_body
 from tests.slack_presses import SIGNING_SECRET, USER_ID, block_actions, form, signed
 
 REF = IncidentRef("ci-alerts", "andy-corp", "platform-[x]*", 41)
@@ -147,3 +154,74 @@ def test_the_slack_section_needs_a_signing_secret() -> None:
     for bad in ({}, {"signing_secret": "  "}, {"signing_secret": "x", "other": 1}):
         with pytest.raises(ValidationError):
             SlackConfig.model_validate(bad)
+
+
+# --- the buttons on a failure root (templates/slack.j2) ---------------------------------
+
+
+def render_root(failing: bool = True, **extra: object) -> dict[str, Any]:
+    build = parse_build(fixture_body(FAILED))
+    incident = Incident((41, 42)) if failing else Incident((41, 42), 43)
+    facts = build_context(build)
+    details = {
+        "summary": root_summary(incident),
+        "failing": failing,
+        "fixed_by": incident.fixed_by,
+        "count": incident.count,
+        "failed_builds": list(incident.failed),
+        "reposted": False,
+        "first": facts,
+        "latest": facts,
+        **extra,
+    }
+    draft = Draft(build, 1, root_summary(incident), details, ("<@U0OWNER>",))
+    chat = CHAT_TYPES["slack-api"]
+    template = default_template(chat.template_name, chat.body)
+    rendered = template.render_within(draft.context("ci-alerts", facts), chat.fits)
+    assert chat.fits is not None and chat.fits(rendered.body) is None
+    assert isinstance(rendered.body, dict)
+    return rendered.body
+
+
+def buttons(body: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [b for b in body["blocks"] if b["type"] == "actions"]
+    assert len(found) <= 1
+    return found[0]["elements"] if found else []
+
+
+def contexts(body: dict[str, Any]) -> str:
+    return json.dumps([b for b in body["blocks"] if b["type"] == "context"])
+
+
+def test_a_failing_root_carries_acknowledge_and_mute_whose_press_names_the_incident() -> None:
+    body = render_root(buttons=button_value(REF))
+    shown = buttons(body)
+    assert [(b["action_id"], b["text"]["text"]) for b in shown] == [
+        (ACKNOWLEDGE, "Acknowledge"),
+        (MUTE, "Mute 24h"),
+    ]
+    for button in shown:
+        press = parse_press(form(block_actions(button["action_id"], button["value"])))
+        assert press is not None and press.incident == REF
+
+
+def test_no_buttons_without_interactivity_or_once_fixed() -> None:
+    assert buttons(render_root()) == []
+    assert buttons(render_root(buttons="")) == []
+    assert buttons(render_root(failing=False, buttons=button_value(REF))) == []
+
+
+def test_an_acknowledged_root_says_who_and_keeps_only_mute() -> None:
+    body = render_root(buttons=button_value(REF), acknowledged_by=USER_ID)
+    assert f":white_check_mark: Acknowledged by <@{USER_ID}>" in contexts(body)
+    assert [b["action_id"] for b in buttons(body)] == [MUTE]
+
+
+def test_a_muted_root_says_until_when_and_by_whom_and_keeps_only_acknowledge() -> None:
+    muted = {"until": "2026-12-03T16:00:00+00:00", "author": "ana <b> (Slack U1)", "comment": ""}
+    body = render_root(buttons=button_value(REF), muted=muted)
+    said = contexts(body)
+    assert ":mute: Muted until <!date^" in said and "ana &lt;b&gt; (Slack U1)" in said
+    assert [b["action_id"] for b in buttons(body)] == [ACKNOWLEDGE]
+    both = render_root(buttons=button_value(REF), muted=muted, acknowledged_by=USER_ID)
+    assert buttons(both) == []
