@@ -1,4 +1,6 @@
-"""Silences: mute what a factory and trigger glob match, at one destination or all, for a time.
+"""Silences and acknowledgements: who is told, never what is stored.
+
+Silences mute what a factory and trigger glob match, at one destination or all, for a time.
 
 Alertmanager's silences are the model: a silence has a start and an end, a comment and an
 author; it is pending before its start, active until its end, then expired (and kept, so
@@ -7,7 +9,10 @@ to now.
 
 A silence acts at intake: a delivery it matches is stored `silenced` (shown, never sent).
 So when a silence ends while its incident still fails, the next build notifies as usual.
-Everything here is pure; the store keeps the silences, so replicas share them.
+An acknowledgement says that someone looks after an incident (Slack's "Acknowledge" on
+its root): the incident's later builds are still shown, without mentions.
+
+Everything here is pure; the store keeps both, so replicas share them.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -70,6 +76,11 @@ class Silence(NewSilence):
         where = "every destination" if self.destination is None else self.destination
         return f"{self.factory} / {self.trigger} at {where}"
 
+    def shown(self) -> dict[str, Any]:
+        """What a message says of it (the template's `incident.muted`)."""
+        until = datetime.fromtimestamp(self.ends_at, UTC).isoformat()
+        return {"until": until, "author": self.author, "comment": self.comment, "id": self.id}
+
 
 def silencing(
     silences: Iterable[Silence], factory: str, trigger: str, destination: str, now: float
@@ -78,6 +89,28 @@ def silencing(
     that ends last, so that what is shown says how long the mute lasts)."""
     found = [s for s in silences if s.active(now) and s.matches(factory, trigger, destination)]
     return max(found, key=lambda s: (s.ends_at, s.id), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Acknowledgement:
+    """Someone looks after the incident whose root (at `destination`) is anchored at
+    `anchor`, the build that root was first posted for."""
+
+    destination: str
+    factory: str
+    trigger: str
+    anchor: int
+    user_id: str  # Slack's U…/W… id
+    user_name: str
+    at: float
+
+
+def acknowledged_by(acks: Iterable[Acknowledgement], failed_builds: Iterable[int]) -> str:
+    """Who acknowledged the incident of these failed builds (its roots are anchored at one
+    of them, whatever merged since): the first to, or ""."""
+    members = set(failed_builds)
+    found = sorted((a for a in acks if a.anchor in members), key=lambda a: a.at)
+    return found[0].user_id if found else ""
 
 
 _GLOB_SPECIALS = re.compile(r"([*?\[])")

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from bridge.durations import Duration
+from bridge.silences import NewSilence, literal
 
 SIGNATURE_HEADER = "X-Slack-Signature"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
@@ -37,6 +37,9 @@ MAX_SKEW = 5 * 60.0
 MAX_BODY = 256 * 1024
 # Slack's limit on a button's value.
 VALUE_LIMIT = 2000
+
+# How long the "Mute 24h" button mutes.
+MUTE_FOR = 24 * 3600.0
 
 ACKNOWLEDGE = "jobserv-bridge-acknowledge"
 MUTE = "jobserv-bridge-mute"
@@ -54,7 +57,6 @@ class SlackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     signing_secret: SecretStr
-    mute_for: Duration = 24 * 3600.0  # how long "Mute 24h" mutes
 
     @field_validator("signing_secret")
     @classmethod
@@ -122,6 +124,20 @@ class ButtonPress:
     user: SlackUser
     channel: str  # where the pressed message is
     message_ts: str
+
+
+def mute(press: ButtonPress, now: float) -> NewSilence:
+    """The silence "Mute 24h" makes: that trigger (and no other), at that destination."""
+    incident = press.incident
+    return NewSilence(
+        factory=literal(incident.factory),
+        trigger=literal(incident.trigger),
+        destination=incident.destination,
+        starts_at=now,
+        ends_at=now + MUTE_FOR,
+        comment=f"Muted in Slack (the incident since #{incident.anchor})",
+        author=press.user.author,
+    )
 
 
 def parse_press(body: bytes) -> ButtonPress | None:

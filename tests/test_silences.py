@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bridge.silences import LONGEST, Silence, SilenceRequest, literal, silencing
+from bridge.silences import (
+    LONGEST,
+    Acknowledgement,
+    Silence,
+    SilenceRequest,
+    acknowledged_by,
+    literal,
+    silencing,
+)
 
 NOW = 1_800_000_000.0
 
@@ -120,3 +128,27 @@ def test_a_request_that_cannot_be_a_silence_is_refused(changes: dict[str, object
     asked: dict[str, object] = {"for": "2h", "comment": "flaky", "author": "ana"}
     with pytest.raises(ValidationError):
         SilenceRequest.model_validate({**asked, **changes})
+
+
+def test_an_incident_is_acknowledged_by_whoever_did_first_on_any_of_its_roots() -> None:
+    def ack(anchor: int, user: str, at: float) -> Acknowledgement:
+        return Acknowledgement(
+            destination="ci-alerts",
+            factory="andy-corp",
+            trigger="platform",
+            anchor=anchor,
+            user_id=user,
+            user_name="",
+            at=at,
+        )
+
+    acks = [ack(43, "U2", NOW + 5), ack(41, "U1", NOW), ack(50, "U3", NOW - 5)]
+    assert acknowledged_by(acks, (41, 42, 43)) == "U1"
+    assert acknowledged_by(acks, (43, 44)) == "U2"  # a root anchored at #43, merged
+    assert acknowledged_by(acks, (44, 45)) == ""
+
+
+def test_what_a_message_says_of_a_silence() -> None:
+    shown = silence(ends=NOW).shown()
+    assert shown["until"] == "2027-01-15T08:00:00+00:00"
+    assert (shown["author"], shown["comment"]) == ("ana", "known breakage")

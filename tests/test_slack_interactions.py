@@ -23,6 +23,7 @@ from bridge.slack_interactions import (
     SignatureCheck,
     SlackConfig,
     button_value,
+    mute,
     parse_press,
     read_value,
 )
@@ -109,9 +110,16 @@ def test_a_press_of_acknowledge_is_read_with_its_incident_user_and_message() -> 
     assert press.user.author == f"ana (Slack {USER_ID})"
 
 
-def test_a_press_of_mute_is_read() -> None:
+def test_a_press_of_mute_is_read_into_a_silence_of_that_trigger_alone_for_a_day() -> None:
     press = parse_press(press_body(MUTE))
     assert press is not None and press.action == "mute" and press.incident == REF
+    silence = mute(press, 1000.0)
+    assert (silence.starts_at, silence.ends_at) == (1000.0, 1000.0 + 24 * 3600)
+    assert silence.destination == "ci-alerts" and silence.author == f"ana (Slack {USER_ID})"
+    assert silence.matches("andy-corp", "platform-[x]*", "ci-alerts")
+    assert not silence.matches("andy-corp", "platform-x-devel", "ci-alerts")
+    assert not silence.matches("andy-corp", "platform-[x]*", "ops")
+    assert "#41" in silence.comment
 
 
 def test_another_apps_button_is_ignored() -> None:
@@ -149,7 +157,6 @@ def test_the_buttons_value_is_the_incident_within_slacks_limit() -> None:
 
 def test_the_slack_section_needs_a_signing_secret() -> None:
     config = SlackConfig.model_validate({"signing_secret": "s3cret"})
-    assert config.mute_for == 24 * 3600
     assert "s3cret" not in repr(config)
     for bad in ({}, {"signing_secret": "  "}, {"signing_secret": "x", "other": 1}):
         with pytest.raises(ValidationError):
