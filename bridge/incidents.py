@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+from bridge.silences import Acknowledgement, Silence, acknowledged_by
+
 FAILED = "FAILED"
 PASSED = "PASSED"
 
@@ -161,6 +163,10 @@ class RootView:
     first_event: int | None
     latest_event: int | None
     reposted: bool = False  # the first root of this incident was deleted from the chat
+    # What people did about it: who acknowledged it (a Slack user id), the silence that
+    # mutes its trigger there now (while it fails).
+    acknowledged_by: str = ""
+    muted: Silence | None = None
 
     @property
     def summary(self) -> str:
@@ -209,7 +215,12 @@ def root_summary(incident: Incident, *, reposted: bool = False) -> str:
 def digest(content: Content) -> str:
     """A short fingerprint of what a message shows: a record whose digest differs is edited."""
     kind = type(content).__name__
-    data = json.dumps([kind, asdict(content)], sort_keys=True, separators=(",", ":"))
+    shown = asdict(content)
+    # Left out when unset, so that roots recorded before these existed are not edited.
+    for name, unset in (("acknowledged_by", ""), ("muted", None)):
+        if name in shown and shown[name] == unset:
+            del shown[name]
+    data = json.dumps([kind, shown], sort_keys=True, separators=(",", ":"))
     return kind[0] + hashlib.sha256(data.encode()).hexdigest()[:23]
 
 
@@ -261,15 +272,20 @@ Action = Post | Edit
 
 
 def plan(
-    builds: Mapping[int, Seen], records: Iterable[Record], wanted: frozenset[Role]
+    builds: Mapping[int, Seen],
+    records: Iterable[Record],
+    wanted: frozenset[Role],
+    acks: Iterable[Acknowledgement] = (),
+    muted: Silence | None = None,
 ) -> list[Action]:
     """The actions that bring a destination's messages about `builds` (a `Window`'s) to
-    what those builds call for, given the `records` of the messages it holds about them.
+    what those builds call for, given the `records` of the messages it holds about them,
+    the trigger's acknowledgements there and the silence that mutes it there now.
 
     Roots come first (replies need them), then replies and singles, then marks.
     """
     held = {record.key: record for record in records}
-    desired = _desired(builds, held, wanted)
+    desired = _desired(builds, held, wanted, tuple(acks), muted)
     actions: list[Action] = []
     for key, content in desired.items():
         record = held.get(key)
@@ -293,7 +309,11 @@ def _key(action: Action) -> Key:
 
 
 def _desired(
-    builds: Mapping[int, Seen], held: Mapping[Key, Record], wanted: frozenset[Role]
+    builds: Mapping[int, Seen],
+    held: Mapping[Key, Record],
+    wanted: frozenset[Role],
+    acks: tuple[Acknowledgement, ...] = (),
+    muted: Silence | None = None,
 ) -> dict[Key, Content]:
     desired: dict[Key, Content] = {}
     role = roles(builds)
@@ -301,11 +321,14 @@ def _desired(
         if not wanted.intersection(role[n] for n in incident.builds):
             continue
         anchor, reposted = _root_of(incident, held)
+        failing = incident.fixed_by is None
         view = RootView(
             incident,
             builds[incident.first].event_id,
             builds[incident.latest].event_id,
             reposted,
+            acknowledged_by(acks, incident.failed),
+            muted if failing else None,
         )
         desired[("root", anchor, anchor)] = view
         for number in incident.builds[1:]:

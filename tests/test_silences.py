@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from fnmatch import fnmatchcase
 
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bridge.incidents import Edit, Incident, Post, Record, RootView, Seen, digest, plan
 from bridge.silences import (
     LONGEST,
     Acknowledgement,
@@ -152,3 +155,72 @@ def test_what_a_message_says_of_a_silence() -> None:
     shown = silence(ends=NOW).shown()
     assert shown["until"] == "2027-01-15T08:00:00+00:00"
     assert (shown["author"], shown["comment"]) == ("ana", "known breakage")
+
+
+# --- what a root shows of them (bridge.incidents.plan) ----------------------------------
+
+
+def ack(anchor: int, user: str = "U1") -> Acknowledgement:
+    return Acknowledgement(
+        destination="ci-alerts",
+        factory="andy-corp",
+        trigger="platform",
+        anchor=anchor,
+        user_id=user,
+        user_name="",
+        at=NOW,
+    )
+
+
+def held_root(builds: dict[int, Seen]) -> Record:
+    """The record of the root that shows these builds' incident as it is now."""
+    (action,) = plan(builds, [], frozenset({"first_failure"}))
+    assert isinstance(action, Post)
+    return Record("root", 41, 41, "C1/1.0", digest(action.content))
+
+
+FAILING = {41: Seen("FAILED", 1), 42: Seen("FAILED", 2)}
+
+
+def test_an_acknowledgement_edits_the_root_once_to_say_who() -> None:
+    root = held_root(FAILING)
+    wanted = frozenset({"first_failure"})
+    (edit,) = plan(FAILING, [root], wanted, acks=[ack(41)])
+    assert isinstance(edit, Edit) and isinstance(edit.content, RootView)
+    assert edit.content.acknowledged_by == "U1"
+    done = Record("root", 41, 41, "C1/1.0", digest(edit.content))
+    assert plan(FAILING, [done], wanted, acks=[ack(41)]) == []
+    assert plan(FAILING, [root], wanted, acks=[ack(50)]) == []  # another incident's
+
+
+def test_a_silence_is_shown_on_a_failing_root_while_it_mutes() -> None:
+    root = held_root(FAILING)
+    wanted = frozenset({"first_failure"})
+    muted = silence("andy-corp", "platform")
+    (edit,) = plan(FAILING, [root], wanted, muted=muted)
+    assert isinstance(edit.content, RootView) and edit.content.muted == muted
+    shown = Record("root", 41, 41, "C1/1.0", digest(edit.content))
+    (back,) = plan(FAILING, [shown], wanted)  # it ended: the root says so no more
+    assert isinstance(back.content, RootView) and back.content.muted is None
+    fixed = {**FAILING, 43: Seen("PASSED", 3)}
+    fixing = plan(fixed, [root], frozenset({"first_failure", "fixed"}), muted=muted)
+    roots = [a.content for a in fixing if isinstance(a.content, RootView)]
+    assert len(roots) == 1 and roots[0].muted is None
+
+
+def test_roots_recorded_before_acknowledgements_existed_are_not_edited() -> None:
+    view = RootView(Incident((41, 42)), 1, 2)
+    before = json.dumps(
+        [
+            "RootView",
+            {
+                "incident": {"failed": [41, 42], "fixed_by": None},
+                "first_event": 1,
+                "latest_event": 2,
+                "reposted": False,
+            },
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    assert digest(view) == "R" + hashlib.sha256(before.encode()).hexdigest()[:23]
