@@ -30,6 +30,7 @@ from bridge.redact import Redactor
 from bridge.rehearsal import template_problems
 from bridge.render import TemplateError, context, render_message
 from bridge.routing import explain, targets
+from bridge.silence_cli import SilenceCommandError, add_commands, run_silence
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
 from bridge.transitions import Transition, history, transition
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("--dead", action="store_const", const="dead", dest="state")
     state.add_argument("--pending", action="store_const", const="pending", dest="state")
     state.add_argument("--sent", action="store_const", const="sent", dest="state")
+    state.add_argument("--silenced", action="store_const", const="silenced", dest="state")
     listing.add_argument("--destination")
     listing.add_argument("--limit", type=int, default=100)
     retry = actions.add_parser("retry", help="queue dead letters again")
@@ -127,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all-dead", action="store_true")
     purge = actions.add_parser("purge", help="delete sent and dead deliveries older than AGE")
     purge.add_argument("--older-than", required=True, type=_duration_argument, metavar="AGE")
+    add_commands(commands)
     return parser
 
 
@@ -343,7 +346,7 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
             count = await store.requeue_dead(None if args.all_dead else args.ids, now)
             print(f"{plural(count, 'dead letter')} queued again")
         else:
-            count = await store.purge(now - args.older_than, ("sent", "dead"))
+            count = await store.purge(now - args.older_than, ("sent", "dead", "silenced"))
             print(f"{plural(count, 'delivery', 'deliveries')} purged")
     finally:
         await store.close()
@@ -383,8 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _routes(config, args)
         if args.command == "outbox":
             return asyncio.run(_outbox(config, args))
+        if args.command == "silence":
+            return asyncio.run(run_silence(config, args))
         return _serve(config, args)
-    except CommandError as exc:
+    except (CommandError, SilenceCommandError) as exc:
         print(f"jobserv-bridge: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StoreUnavailable as exc:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.durations import Duration
 from bridge.failed_tests import JobservConfig
 from bridge.render import Template, TemplateError, default_template, load_template
+from bridge.slack_interactions import SlackConfig
 from bridge.transitions import Policy
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -157,6 +158,7 @@ class Config:
     templates: dict[str, Template] = field(repr=False)
     admin: AdminConfig = field(default_factory=AdminConfig)
     jobserv: JobservConfig | None = None  # no [jobserv] section: no API lookups
+    slack: SlackConfig | None = None  # no [slack] section: no buttons in Slack
     # A preview's unset `${VAR}`s, each with its place (`serve` refuses a config with any).
     unset: tuple[str, ...] = ()
 
@@ -170,8 +172,8 @@ class Config:
             found.append(self.admin.token.get_secret_value())
         if self.jobserv:
             found.append(self.jobserv.api_token.get_secret_value())
-        for destination in self.destinations.values():
-            found.extend(_secret_values(destination))
+        for part in (*self.destinations.values(), *([self.slack] if self.slack else [])):
+            found.extend(_secret_values(part))
         return [s for s in found if s]
 
 
@@ -316,7 +318,7 @@ def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
     problems: list[str] = []
-    known = {"server", "store", "delivery", "admin", "jobserv", "sources", "destinations", "routes"}
+    known = {f.name for f in fields(Config)} - {"path", "templates", "unset"}
     problems += [f"{key}: unknown section" for key in raw if key not in known]
     unset: list[str] = []
     raw = _expand_environment(raw, (), unset, preview)
@@ -330,6 +332,7 @@ def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
     jobserv = (
         _section(JobservConfig, raw["jobserv"], "jobserv", problems) if "jobserv" in raw else None
     )
+    slack = _section(SlackConfig, raw["slack"], "slack", problems) if "slack" in raw else None
     if "admin" not in raw and admin is not None:
         admin = admin.model_copy(update={"enabled": False})
     if admin is not None:
@@ -384,7 +387,7 @@ def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
     if not store.path.is_absolute():
         store = store.model_copy(update={"path": base / store.path})
     parts = (sources, destinations, routes, templates, admin, jobserv)
-    return Config(path, server, store, delivery, *parts, unset=tuple(unset))
+    return Config(path, server, store, delivery, *parts, unset=tuple(unset), slack=slack)
 
 
 def load_config(path: Path | str, *, preview: bool = False) -> Config:

@@ -33,6 +33,7 @@ from bridge.redact import Redactor
 from bridge.render import Rendered, Template, TemplateError, build_context, context, render_message
 from bridge.routing import notify_for
 from bridge.store import Delivery, DispatchStore, LaneStore, StoreUnavailable
+from bridge.text import describe_exception
 from bridge.threads import Draft, Reconcile
 
 log = logging.getLogger("bridge.delivery")
@@ -42,16 +43,6 @@ CLAIM_BATCH = 32
 LEASE_MARGIN = 60.0
 
 
-# An error in a dead letter is one line; an exception's text can be a whole build.
-ERROR_TEXT_LIMIT = 300
-
-
-def _describe(exc: BaseException) -> str:
-    """An unexpected exception as one short line of printable text."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
-    if len(text) > ERROR_TEXT_LIMIT:
-        text = text[: ERROR_TEXT_LIMIT - 1] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -78,6 +69,7 @@ class Lane:
     jobserv: JobservConfig | None = None
     # For a chat that threads: which builds each trigger's routes want (their `notify`).
     routes: list[Route] = field(default_factory=list)
+    buttons: bool = False  # Slack's buttons on incident roots (bridge.slack_interactions)
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.settings.rate_limit, self.settings.burst)
@@ -190,7 +182,7 @@ class Lane:
                 exc_info=True,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
-            return Failed(f"unexpected error: {_describe(exc)}", code="unexpected")
+            return Failed(f"unexpected error: {describe_exception(exc)}", code="unexpected")
 
     async def _render_and_send(self, delivery: Delivery) -> Outcome:
         if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
@@ -210,7 +202,7 @@ class Lane:
                 exc_info=True,
                 extra={"delivery_id": delivery.id, "destination": self.name},
             )
-            return Failed(f"cannot render: {_describe(exc)}", code="template")
+            return Failed(f"cannot render: {describe_exception(exc)}", code="template")
         body = rendered.body
         if rendered.cut:
             self.metrics.truncations.labels(self.name).inc()
@@ -267,7 +259,9 @@ class Lane:
             calls += 1
             return await self._send(sending)
 
-        reconcile = Reconcile(chat, self.store, self.name, wanted, self._render, paced)
+        reconcile = Reconcile(
+            chat, self.store, self.name, wanted, self._render, paced, self.buttons
+        )
         try:
             return await reconcile(delivery)
         except (TemplateError, NotABuild) as exc:
@@ -323,6 +317,7 @@ class Dispatcher:
                 failed_tests=self.failed_tests,
                 jobserv=config.jobserv,
                 routes=config.routes,
+                buttons=config.slack is not None and settings.type == "slack-api",
             )
             for name, settings in config.destinations.items()
         }
@@ -368,7 +363,8 @@ class Dispatcher:
     async def _prune(self) -> None:
         while True:
             try:
-                removed = await self.store.purge(time.time() - self.retention, ("sent",))
+                before = time.time() - self.retention
+                removed = await self.store.purge(before, ("sent", "silenced"))
                 if removed:
                     log.info("pruned %d delivered messages older than the retention", removed)
             except Exception:

@@ -24,7 +24,9 @@ from bridge.logs import FIELD_LIMIT, bounded
 from bridge.redact import Redactor
 from bridge.routing import targets
 from bridge.runtime import Runtime
-from bridge.store import StoreUnavailable
+from bridge.silences import Silence, silencing
+from bridge.slack_endpoint import interactions
+from bridge.store import Planned, StoreUnavailable
 from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.intake")
@@ -135,12 +137,23 @@ async def _intake(request: web.Request) -> web.Response:
 
     threaded = {n for n, d in config.destinations.items() if CHAT_TYPES[d.type].threads}
 
-    def plan(change: Transition) -> list[tuple[str, tuple[str, ...]]]:
-        chosen = targets(config.routes, build, change, threaded)
-        return [(t.destination, t.mentions) for t in chosen]
-
     event = new_event(build, body)
+    silences: list[Silence] = []
+
+    def plan(change: Transition) -> list[Planned]:
+        """The routed deliveries; those a silence mutes are stored `silenced`."""
+        chosen = targets(config.routes, build, change, threaded)
+        muted = [
+            silencing(silences, event.factory, event.trigger, t.destination, event.received_at)
+            for t in chosen
+        ]
+        return [
+            Planned(t.destination, t.mentions, s.id if s else None)
+            for t, s in zip(chosen, muted, strict=True)
+        ]
+
     try:
+        silences = await runtime.store.silences(event.received_at)
         accepted = await runtime.store.accept(event, plan)
     except StoreUnavailable as exc:
         factory = bounded(build.factory, FIELD_LIMIT)
@@ -243,6 +256,10 @@ def create_app(config: Config, redact: Redactor | None = None) -> web.Applicatio
     app.router.add_get("/healthz", healthz, expect_handler=expectation)
     app.router.add_get("/readyz", readyz, expect_handler=expectation)
     app.router.add_get("/metrics", metrics, expect_handler=expectation)
+    # Slack's button presses (404 without [slack]): docs/slack.md.
+    app.router.add_post(
+        "/slack/interactions", interactions(app[RUNTIME]), expect_handler=expectation
+    )
     app.cleanup_ctx.append(_running)
     return app
 

@@ -23,3 +23,15 @@ def duration_text(seconds: float | None) -> str:
             rest = total % size // small_size
             return f"{total // size}{name}" + (f" {rest}{smaller}" if rest else "")
     return f"{total}s"
+
+
+# An error in a dead letter is one line; an exception's text can be a whole build.
+ERROR_TEXT_LIMIT = 300
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An unexpected exception as one short line of printable text."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[: ERROR_TEXT_LIMIT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -16,6 +16,7 @@ again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,11 +34,14 @@ from bridge.incidents import (
     RootView,
     Window,
     digest,
+    incidents,
     plan,
 )
 from bridge.jobserv import Build, NotABuild, parse_build
 from bridge.outcome import Failed, Outcome, Retry, Sent
 from bridge.render import build_context, context
+from bridge.silences import acknowledged_by, silencing
+from bridge.slack_interactions import IncidentRef, button_value
 from bridge.store import Delivery, ThreadStore
 
 log = logging.getLogger("bridge.threads")
@@ -91,17 +95,30 @@ class Reconcile:
     wanted: frozenset[Role]
     render: Render
     send: Send
+    # Slack's Acknowledge and Mute buttons on failing roots (a slack-api destination, [slack]).
+    buttons: bool = False
     builds: dict[int, Build] = field(default_factory=dict)  # parsed events, by event id
     # Who each event's delivery here mentions: only news (the newest build on arrival) does,
     # and its message says so whichever delivery posts it.
     mentions: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # The failed builds of acknowledged incidents: their messages mention no one.
+    quiet: set[int] = field(default_factory=set)
 
     async def __call__(self, delivery: Delivery) -> Outcome:
         where = (self.destination, delivery.factory, delivery.trigger)
+        now = time.time()
+        acks = await self.store.acknowledgements(*where)
+        muted = silencing(await self.store.silences(now), *where[1:], self.destination, now)
         for _ in range(ROUNDS):
             around = await self.store.trigger_window(*where[1:], delivery.build_id)
             records = await self.store.thread_records(*where, around)
-            actions = plan(around.builds, records, self.wanted)
+            actions = plan(around.builds, records, self.wanted, acks, muted)
+            self.quiet = {
+                n
+                for i in incidents(around.builds)
+                if acknowledged_by(acks, i.failed)
+                for n in i.failed
+            }
             if not actions:
                 return Sent()
             await self._read_builds(around, actions)
@@ -210,7 +227,8 @@ class Reconcile:
         if isinstance(content, Mark):
             text = f"{delivery.factory} / {delivery.trigger}: {content.text}"
             return self.chat.text_body(text)
-        draft = self._draft(content, action.key if isinstance(action, Post) else None)
+        key = action.key if isinstance(action, Post) else action.record.key
+        draft = self._draft(content, key if isinstance(action, Post) else None, key, delivery)
         if draft is None:
             log.warning(
                 "%s: %s of %s: its build is no longer stored; not shown",
@@ -221,8 +239,11 @@ class Reconcile:
             return None
         return await self.render(draft)
 
-    def _draft(self, content: Content, posting: Key | None) -> Draft | None:
-        """What to render (`posting`: the key of a message posted, not edited).
+    def _draft(
+        self, content: Content, posting: Key | None, key: Key, delivery: Delivery
+    ) -> Draft | None:
+        """What to render (`posting`: the key of a message posted, not edited; `key`: the
+        message's, posted or edited).
 
         A failure that was news is told once, to whom its delivery mentions: in the root
         first posted for it (anchored at it), else in its reply.
@@ -233,6 +254,8 @@ class Reconcile:
             if build is None:
                 return None
             told = posting is None or posting[1] == content.build
+            # An acknowledged incident's later builds are shown without mentions.
+            told = told or content.build in self.quiet or key[1] in self.quiet
             mentions = () if told else self.mentions.get(event_id, ())
             return Draft(build, event_id, content.note, None, mentions)
         assert isinstance(content, RootView)
@@ -243,17 +266,23 @@ class Reconcile:
             return None
         incident = content.incident
         first_event = content.first_event or 0
-        fresh = posting is not None and not content.reposted
+        fresh = posting is not None and not content.reposted and not content.acknowledged_by
         mentions = self.mentions.get(first_event, ()) if fresh else ()
+        failing = incident.fixed_by is None
+        press = IncidentRef(self.destination, delivery.factory, delivery.trigger, key[1])
         details = {
             "summary": content.summary,
-            "failing": incident.fixed_by is None,
+            "failing": failing,
             "fixed_by": incident.fixed_by,
             "count": incident.count,
             "failed_builds": list(incident.failed),
             "reposted": content.reposted,
             "first": build_context(first),
             "latest": build_context(latest),
+            # What people did about it, and the buttons to do it (bridge.slack_interactions).
+            "acknowledged_by": content.acknowledged_by,
+            "muted": content.muted.shown() if content.muted else None,
+            "buttons": button_value(press) if self.buttons and failing else "",
         }
         event_id = content.latest_event or content.first_event or 0
         return Draft(latest, event_id, content.summary, details, mentions)

@@ -10,12 +10,12 @@ from bridge.admin.access import Refused, whole_number
 from bridge.admin.chart import CHART_HOURS, chart_start, hours_json
 from bridge.admin.site import ADMIN
 from bridge.admin.views import DeliveryView, EventView, destination_views
-from bridge.store import State
+from bridge.store import STATES, State
 
 EVENTS_LISTED = 50
 DELIVERIES_LISTED = 100
 MAX_API_LIMIT = 1000
-_STATES: tuple[State, ...] = ("pending", "sent", "dead")
+_STATES = STATES
 
 
 def _int_query(request: web.Request, name: str, default: int | None, maximum: int) -> int | None:

@@ -17,6 +17,13 @@ from bridge.admin.api import (
     api_retry,
 )
 from bridge.admin.pages import index, login, login_page, logout, retry_from_page, stylesheet
+from bridge.admin.silences import (
+    add_from_page,
+    api_add_silence,
+    api_expire_silence,
+    api_silences,
+    expire_from_page,
+)
 from bridge.admin.site import ADMIN, Admin
 from bridge.config import Config
 from bridge.delivery import Dispatcher
@@ -90,6 +97,11 @@ def create_admin_app(config: Config, store: Store, dispatcher: Dispatcher) -> we
     app.router.add_get("/api/destinations", api_destinations)
     app.router.add_get("/api/activity", api_activity)
     app.router.add_post(r"/api/deliveries/{id:\d{1,18}}/retry", api_retry)
+    app.router.add_post("/silences", add_from_page)
+    app.router.add_post(r"/silences/{id:\d{1,18}}/expire", expire_from_page)
+    app.router.add_get("/api/silences", api_silences)
+    app.router.add_post("/api/silences", api_add_silence)
+    app.router.add_post(r"/api/silences/{id:\d{1,18}}/expire", api_expire_silence)
     return app
 
 

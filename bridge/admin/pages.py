@@ -16,6 +16,7 @@ from bridge.admin.access import (
     whole_number,
 )
 from bridge.admin.chart import CHART_HOURS, chart, chart_start, totals
+from bridge.admin.silences import silence_views
 from bridge.admin.site import ADMIN, log, query, see_other
 from bridge.admin.views import DeliveryView, EventView, destination_views
 
@@ -41,6 +42,7 @@ async def index(request: web.Request) -> web.Response:
         admin.store.recent_events(EVENTS_SHOWN, factory, build_id),
         admin.store.hourly_activity(chart_start(now), CHART_HOURS),
     )
+    silences = await silence_views(admin, now)
     types = admin.destination_types()
 
     filters = {k: v for k, v in {"factory": factory, "build": build_id}.items() if v is not None}
@@ -55,6 +57,8 @@ async def index(request: web.Request) -> web.Response:
         events=[EventView.of(e, types, now) for e in events],
         chart=chart(hours),
         totals=totals(hours),
+        silences=silences,
+        destination_names=sorted(types),
         factory=factory or "",
         build=build_text,
         filtered=bool(filters) or bool(build_text),
@@ -71,6 +75,9 @@ def _flash(request: web.Request, build_text: str, build_id: int | None) -> tuple
     """The note at the top of the page: what the last action did, or a bad filter."""
     retried = whole_number(request.query.get("retried"))
     not_dead = whole_number(request.query.get("not_dead"))
+    for key, said in (("silenced", "Silence {} is added."), ("expired", "Silence {} expired.")):
+        if (number := whole_number(request.query.get(key))) is not None:
+            return ("ok", said.format(number))
     if retried is not None:
         return ("ok", f"Delivery {retried} is queued again.")
     if not_dead is not None:

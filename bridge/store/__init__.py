@@ -15,10 +15,12 @@ from bridge.store.protocols import (
     LaneStore,
     OperationsStore,
     ReportStore,
+    SilenceStore,
     Store,
     ThreadStore,
 )
 from bridge.store.records import (
+    STATES,
     Accepted,
     Claim,
     Delivery,
@@ -28,6 +30,7 @@ from bridge.store.records import (
     HourActivity,
     NewEvent,
     Plan,
+    Planned,
     State,
     StoreUnavailable,
     unavailable,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from bridge.config import StoreConfig
 
 __all__ = [
+    "STATES",
     "Accepted",
     "Claim",
     "Delivery",
@@ -50,7 +54,9 @@ __all__ = [
     "NewEvent",
     "OperationsStore",
     "Plan",
+    "Planned",
     "ReportStore",
+    "SilenceStore",
     "State",
     "Store",
     "StoreUnavailable",

@@ -25,9 +25,10 @@ from bridge.store.postgres_intake import PostgresIntake
 from bridge.store.postgres_lanes import PostgresLanes
 from bridge.store.postgres_pool import LANE_LOCK_CLASS, safe_url
 from bridge.store.postgres_reports import PostgresReports
+from bridge.store.postgres_silences import PostgresSilences
 
 __all__ = ["LANE_LOCK_CLASS", "PostgresStore", "safe_url"]
 
 
-class PostgresStore(PostgresIntake, PostgresLanes, PostgresReports):
-    """The PostgreSQL outbox: its intake, lanes and reports over one pool."""
+class PostgresStore(PostgresIntake, PostgresLanes, PostgresReports, PostgresSilences):
+    """The PostgreSQL outbox: its intake, lanes, reports and silences over one pool."""

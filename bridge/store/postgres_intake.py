@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
-from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable
+from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable, planned
 from bridge.transitions import (
     STREAK_LIMIT,
     History,
@@ -56,9 +56,11 @@ WITH build AS (
 ), event AS (
     UPDATE events SET transition = $6::jsonb WHERE id = $7
 )
-INSERT INTO deliveries (event_id, destination, created_at, updated_at, next_attempt_at, mentions)
-SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb
-FROM unnest($9::text[], $10::text[]) WITH ORDINALITY AS wanted (name, mentions, position)
+INSERT INTO deliveries
+    (event_id, destination, created_at, updated_at, next_attempt_at, mentions, state, last_error)
+SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb, wanted.state, wanted.note
+FROM unnest($9::text[], $10::text[], $11::text[], $12::text[])
+    WITH ORDINALITY AS wanted (name, mentions, state, note, position)
 ORDER BY wanted.position
 """
 
@@ -114,7 +116,7 @@ class PostgresIntake(PostgresPool):
 async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepted:
     """The new event's place in its trigger's history, and the deliveries `plan` picks."""
     change = transition(event.build_id, event.status, await _history(c, event))
-    targets = plan(change)
+    targets = planned(plan, change)
     await c.execute(
         _RECORD,
         event.factory,
@@ -125,10 +127,12 @@ async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepte
         json.dumps(change.as_dict()),
         event_id,
         event.received_at,
-        [name for name, _ in targets],
-        [json.dumps(list(mentions)) if mentions else None for _, mentions in targets],
+        [t.destination for t in targets],
+        [json.dumps(list(t.mentions)) if t.mentions else None for t in targets],
+        [t.state for t in targets],
+        [t.note for t in targets],
     )
-    names = tuple(name for name, _ in targets)
+    names = tuple(t.destination for t in targets if t.silenced_by is None)
     return Accepted(event_id, len(targets), False, names, change)
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.store.postgres_pool import PostgresPool, row_count
-from bridge.store.records import DeliveryRow, DestinationStats, EventRow, HourActivity, State
+from bridge.store.records import (
+    DeliveryRow,
+    DestinationStats,
+    EventRow,
+    HourActivity,
+    State,
+    state_counts,
+)
 
 _DELIVERY_ROW = """
 SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at, d.updated_at,
@@ -62,7 +69,7 @@ class PostgresReports(PostgresPool):
         async def work(c: Any) -> dict[State, int]:
             rows = await c.fetch("SELECT state, count(*) AS n FROM deliveries GROUP BY state")
             found = {row["state"]: int(row["n"]) for row in rows}
-            return {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+            return state_counts(found)
 
         return await self._run(work)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from bridge.incidents import Key, Record, Window
+from bridge.silences import Acknowledgement, NewSilence, Silence
 from bridge.store.records import (
     Accepted,
     Claim,
@@ -31,7 +32,42 @@ class IntakeStore(Protocol):
         ...
 
 
-class ThreadStore(Protocol):
+class AttentionReads(Protocol):
+    """Silences and acknowledgements: who is told (bridge.silences)."""
+
+    async def silences(self, now: float | None) -> list[Silence]:
+        """The silences not yet expired at `now` (None: every one), newest first."""
+        ...
+
+    async def acknowledgements(
+        self, destination: str, factory: str, trigger: str
+    ) -> list[Acknowledgement]:
+        """Who acknowledged the incidents of (factory, trigger) at `destination`."""
+        ...
+
+
+class SilenceStore(AttentionReads, Protocol):
+    """What the CLI, the status page and Slack's buttons keep."""
+
+    async def add_silence(self, silence: NewSilence, now: float) -> Silence: ...
+
+    async def expire_silence(self, silence_id: int, now: float) -> Silence | None:
+        """End the silence now (if it has not ended); None when there is no such silence."""
+        ...
+
+    async def acknowledge(self, ack: Acknowledgement) -> None:
+        """Keep it (a second acknowledgement of the same root changes nothing)."""
+        ...
+
+    async def redraw(
+        self, destination: str, factory: str, trigger: str, build_id: int, now: float
+    ) -> bool:
+        """Queue a delivery of the newest stored event of that build to `destination`, so
+        that its lane brings the incident's messages up to date; False if none is stored."""
+        ...
+
+
+class ThreadStore(AttentionReads, Protocol):
     """A threaded destination's messages and the builds around an incident (bridge.threads)."""
 
     async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
@@ -140,7 +176,7 @@ class DispatchStore(LaneStore, OperationsStore, Protocol):
     """What the dispatcher needs: its lanes' calls, and pruning what was sent long ago."""
 
 
-class Store(IntakeStore, DispatchStore, ReportStore, Protocol):
+class Store(IntakeStore, DispatchStore, ReportStore, SilenceStore, Protocol):
     """A whole backend (SQLite, PostgreSQL). Every backend keeps these promises:
 
     - `accept` stores an event and its deliveries atomically and durably before it

@@ -4,17 +4,52 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.store")
 
-State = Literal["pending", "sent", "dead"]
-# Given an event's transition, the deliveries to make: (destination, mentions) pairs.
-Plan = Callable[[Transition], list[tuple[str, tuple[str, ...]]]]
+# `silenced`: a delivery a silence muted at intake, kept to be shown and never sent.
+State = Literal["pending", "sent", "dead", "silenced"]
+STATES: tuple[State, ...] = ("pending", "sent", "dead", "silenced")
+
+
+class Planned(NamedTuple):
+    """A delivery to make: its destination, who it mentions, and the silence that mutes it
+    (stored `silenced` then)."""
+
+    destination: str
+    mentions: tuple[str, ...] = ()
+    silenced_by: int | None = None
+
+    @property
+    def state(self) -> State:
+        return "pending" if self.silenced_by is None else "silenced"
+
+    @property
+    def note(self) -> str | None:
+        """What the delivery's row says of it (in `last_error`, which the CLI and page show)."""
+        return None if self.silenced_by is None else f"silenced by silence {self.silenced_by}"
+
+
+# Given an event's transition, the deliveries to make (a `Planned`, or a plain
+# (destination, mentions) pair).
+Plan = Callable[[Transition], Sequence[Planned | tuple[str, tuple[str, ...]]]]
+
+
+def state_counts(found: dict[str, int]) -> dict[State, int]:
+    """Deliveries by state: pending, sent and dead always; silenced when there are any."""
+    counts: dict[State, int] = {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+    if found.get("silenced"):
+        counts["silenced"] = found["silenced"]
+    return counts
+
+
+def planned(plan: Plan, change: Transition) -> list[Planned]:
+    return [Planned(*entry) for entry in plan(change)]
 
 
 class StoreUnavailable(Exception):

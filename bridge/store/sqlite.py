@@ -20,7 +20,8 @@ from __future__ import annotations
 from bridge.store.sqlite_intake import SqliteIntake
 from bridge.store.sqlite_lanes import SqliteLanes
 from bridge.store.sqlite_reports import SqliteReports
+from bridge.store.sqlite_silences import SqliteSilences
 
 
-class SqliteStore(SqliteIntake, SqliteLanes, SqliteReports):
-    """The SQLite outbox: its intake, lanes and reports over one writer thread."""
+class SqliteStore(SqliteIntake, SqliteLanes, SqliteReports, SqliteSilences):
+    """The SQLite outbox: its intake, lanes, reports and silences over one writer thread."""

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 
-from bridge.store.records import Accepted, NewEvent, Plan
+from bridge.store.records import Accepted, NewEvent, Plan, planned
 from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
 from bridge.transitions import (
     STREAK_LIMIT,
@@ -53,17 +53,26 @@ class SqliteIntake(SqliteWriter):
                 " WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)",
                 (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
             )
-            targets = plan(change)
+            targets = planned(plan, change)
             now = event.received_at
             c.executemany(
                 "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
-                " next_attempt_at, mentions) VALUES (?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, mentions, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (event_id, name, now, now, now, json.dumps(mentions) if mentions else None)
-                    for name, mentions in targets
+                    (
+                        event_id,
+                        t.destination,
+                        now,
+                        now,
+                        now,
+                        json.dumps(t.mentions) if t.mentions else None,
+                        t.state,
+                        t.note,
+                    )
+                    for t in targets
                 ],
             )
-            names = tuple(name for name, _ in targets)
+            names = tuple(t.destination for t in targets if t.silenced_by is None)
             return Accepted(event_id, len(targets), False, names, change)
 
         return await self._call(work, durable=True)

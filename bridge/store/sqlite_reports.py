@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
-from bridge.store.records import DeliveryRow, DestinationStats, EventRow, HourActivity, State
+from bridge.store.records import (
+    DeliveryRow,
+    DestinationStats,
+    EventRow,
+    HourActivity,
+    State,
+    state_counts,
+)
 from bridge.store.sqlite_writer import SqliteWriter
 
 
@@ -57,7 +64,7 @@ class SqliteReports(SqliteWriter):
     async def counts(self) -> dict[State, int]:
         def work(c: sqlite3.Connection) -> dict[State, int]:
             found = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
-            return {s: found.get(s, 0) for s in ("pending", "sent", "dead")}
+            return state_counts(found)
 
         return await self._call(work)
 

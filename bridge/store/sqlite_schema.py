@@ -83,6 +83,31 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX thread_messages_build"
         " ON thread_messages (destination, factory, trigger, build_id)",
     ),
+    # 5: silences, and who acknowledged an incident (a delivery's state may be 'silenced').
+    (
+        """CREATE TABLE silences (
+            id INTEGER PRIMARY KEY,
+            factory TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            destination TEXT,
+            starts_at REAL NOT NULL,
+            ends_at REAL NOT NULL,
+            comment TEXT NOT NULL,
+            author TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX silences_ending ON silences (ends_at)",
+        """CREATE TABLE acknowledgements (
+            destination TEXT NOT NULL,
+            factory TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            anchor INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            user_name TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (destination, factory, trigger, anchor)
+        ) WITHOUT ROWID""",
+    ),
 ]
 
 
@@ -143,7 +168,8 @@ def _legacy_version(connection: sqlite3.Connection) -> int:
         return 2
     if not _has(connection, "table", "thread_messages"):
         return 3
-    return 4
+    # Files from before `schema_version` stop here; a later table means a later version.
+    return 4 if not _has(connection, "table", "silences") else 5
 
 
 def _has(connection: sqlite3.Connection, kind: str, name: str) -> bool:
