@@ -277,15 +277,18 @@ def plan(
     wanted: frozenset[Role],
     acks: Iterable[Acknowledgement] = (),
     muted: Silence | None = None,
+    silenced: frozenset[int] = frozenset(),
 ) -> list[Action]:
     """The actions that bring a destination's messages about `builds` (a `Window`'s) to
     what those builds call for, given the `records` of the messages it holds about them,
     the trigger's acknowledgements there and the silence that mutes it there now.
+    A `silenced` build (its delivery here was muted) gets no message of its own; its
+    incident's root still counts it.
 
     Roots come first (replies need them), then replies and singles, then marks.
     """
     held = {record.key: record for record in records}
-    desired = _desired(builds, held, wanted, tuple(acks), muted)
+    desired = _desired(builds, held, wanted, tuple(acks), muted, silenced)
     actions: list[Action] = []
     for key, content in desired.items():
         record = held.get(key)
@@ -314,6 +317,7 @@ def _desired(
     wanted: frozenset[Role],
     acks: tuple[Acknowledgement, ...] = (),
     muted: Silence | None = None,
+    silenced: frozenset[int] = frozenset(),
 ) -> dict[Key, Content]:
     desired: dict[Key, Content] = {}
     role = roles(builds)
@@ -332,7 +336,7 @@ def _desired(
         )
         desired[("root", anchor, anchor)] = view
         for number in incident.builds[1:]:
-            if role[number] in wanted:
+            if role[number] in wanted and number not in silenced:
                 seen = builds[number]
                 status = seen.status.upper()
                 desired[("reply", anchor, number)] = BuildView(
@@ -340,7 +344,7 @@ def _desired(
                 )
     if "passed" in wanted:
         for number, kind in role.items():
-            if kind == "passed":
+            if kind == "passed" and number not in silenced:
                 seen = builds[number]
                 desired[("single", number, number)] = BuildView(
                     number, PASSED, seen.event_id, "passed"

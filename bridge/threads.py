@@ -112,7 +112,8 @@ class Reconcile:
         for _ in range(ROUNDS):
             around = await self.store.trigger_window(*where[1:], delivery.build_id)
             records = await self.store.thread_records(*where, around)
-            actions = plan(around.builds, records, self.wanted, acks, muted)
+            silenced = await self._silenced(around)
+            actions = plan(around.builds, records, self.wanted, acks, muted, silenced)
             self.quiet = {
                 n
                 for i in incidents(around.builds)
@@ -127,6 +128,12 @@ class Reconcile:
             if outcome is not None:
                 return outcome
         return Retry("the chat's messages kept disappearing", code="thread_gone")
+
+    async def _silenced(self, around: Window) -> frozenset[int]:
+        """The builds whose delivery here a silence muted: never shown on their own."""
+        events = {seen.event_id: n for n, seen in around.builds.items() if seen.event_id}
+        found = await self.store.silenced_events(self.destination, sorted(events))
+        return frozenset(events[event_id] for event_id in found)
 
     async def _read_builds(self, around: Window, actions: list[Post | Edit]) -> None:
         wanted: set[int] = set()

@@ -97,6 +97,18 @@ class PostgresSilences(PostgresPool):
 
         return await self._run(work)
 
+    async def silenced_events(self, destination: str, event_ids: list[int]) -> set[int]:
+        async def work(c: Any) -> set[int]:
+            rows = await c.fetch(
+                "SELECT DISTINCT event_id FROM deliveries WHERE destination = $1"
+                " AND state = 'silenced' AND event_id = ANY($2::bigint[])",
+                destination,
+                event_ids,
+            )
+            return {int(row["event_id"]) for row in rows}
+
+        return await self._run(work) if event_ids else set()
+
     async def redraw(
         self, destination: str, factory: str, trigger: str, build_id: int, now: float
     ) -> bool:

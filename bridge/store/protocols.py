@@ -45,6 +45,10 @@ class AttentionReads(Protocol):
         """Who acknowledged the incidents of (factory, trigger) at `destination`."""
         ...
 
+    async def silenced_events(self, destination: str, event_ids: list[int]) -> set[int]:
+        """Those of these events whose delivery to `destination` a silence muted."""
+        ...
+
 
 class SilenceStore(AttentionReads, Protocol):
     """What the CLI, the status page and Slack's buttons keep."""

@@ -94,6 +94,18 @@ class SqliteSilences(SqliteWriter):
 
         return await self._call(work)
 
+    async def silenced_events(self, destination: str, event_ids: list[int]) -> set[int]:
+        def work(c: sqlite3.Connection) -> set[int]:
+            marks = ",".join("?" * len(event_ids))
+            rows = c.execute(
+                "SELECT DISTINCT event_id FROM deliveries WHERE destination = ?"
+                f" AND state = 'silenced' AND event_id IN ({marks})",
+                (destination, *event_ids),
+            )
+            return {int(event_id) for (event_id,) in rows}
+
+        return await self._call(work) if event_ids else set()
+
     async def redraw(
         self, destination: str, factory: str, trigger: str, build_id: int, now: float
     ) -> bool:
