@@ -6,7 +6,11 @@ Replayed and forged presses are refused."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +19,15 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.cli import main
 from bridge.config import Config
 from bridge.server import RUNTIME, create_app
 from bridge.slack_interactions import ACKNOWLEDGE, MUTE
 from tests.conftest import make_config, signed_headers
 from tests.fakes.threaded_chats import FakeSlack, SlackMessage
+from tests.serve import BridgeProcess, free_port
 from tests.slack_presses import SIGNING_SECRET, USER_ID, block_actions, form, signed
-from tests.test_incident_threads import body, drained
+from tests.test_incident_threads import body, drained, served
 from tests.test_policy import settings as quick_settings
 
 MENTION = "<@U0ONCALL>"
@@ -230,3 +236,52 @@ async def test_without_a_slack_section_no_buttons_and_the_endpoint_is_404(
         data = form(block_actions(ACKNOWLEDGE, '["slack","andy-corp","containers-devel",41]'))
         response = await client.post("/slack/interactions", data=data, headers=signed(data))
         assert response.status == 404 and "error" in await response.json()
+
+
+# -- through `jobserv-bridge serve` ----------------------------------------------------------
+
+
+async def test_buttons_and_silences_through_jobserv_bridge_serve(tmp_path: Path) -> None:
+    async with FakeSlack() as slack:
+        port = free_port()
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        text = config(tmp_path, slack).path.read_text()
+        path = tmp_path / "serve.toml"
+        server = f'[server]\nhost = "127.0.0.1"\nport = {port}\nshutdown_timeout = "2s"\n'
+        store = '[store]\npath = "serve.sqlite3"\n[admin]\nenabled = false\n'
+        path.write_text(server + store + text.replace('[server]\nshutdown_timeout = "0.5s"\n', ""))
+        process = BridgeProcess(path, port, logs)
+        try:
+            await process.start()
+            assert await process.post(body(41, "FAILED")) == 202
+            await served(tmp_path / "serve.sqlite3")
+            first = root(slack)
+            data = form(block_actions(ACKNOWLEDGE, buttons(first)[ACKNOWLEDGE]))
+            async with process.session.post(
+                f"{process.base_url}/slack/interactions", data=data, headers=signed(data)
+            ) as response:
+                assert response.status == 200
+            await served(tmp_path / "serve.sqlite3")
+            assert f"Acknowledged by <@{USER_ID}>" in said(root(slack))
+
+            added = await asyncio.to_thread(
+                main,
+                ["silence", "add", "--config", str(path), "--for", "1h", "--comment", "swap"],
+            )
+            assert added == 0
+            assert await process.post(body(42, "FAILED")) == 202
+            await served(tmp_path / "serve.sqlite3")
+            assert slack.replies(first.ts) == []
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait_exit(10) == 0
+        finally:
+            await process.close()
+        assert "silenced" in (await asyncio.to_thread(outbox_list, path))
+
+
+def outbox_list(path: Path) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["outbox", "--config", str(path), "list", "--silenced"]) == 0
+    return out.getvalue()

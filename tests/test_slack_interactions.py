@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from bridge.chats import CHAT_TYPES
+from bridge.config import ConfigError
 from bridge.incidents import Incident, root_summary
 from bridge.jobserv import parse_build
 from bridge.render import build_context, default_template
@@ -28,7 +30,7 @@ from bridge.slack_interactions import (
     read_value,
 )
 from bridge.threads import Draft
-from tests.conftest import FAILED, fixture_body
+from tests.conftest import FAILED, fixture_body, make_config, quick_settings
 from tests.slack_presses import SIGNING_SECRET, USER_ID, block_actions, form, signed
 
 REF = IncidentRef("ci-alerts", "andy-corp", "platform-[x]*", 41)
@@ -232,3 +234,18 @@ def test_a_muted_root_says_until_when_and_by_whom_and_keeps_only_acknowledge() -
     assert [b["action_id"] for b in buttons(body)] == [ACKNOWLEDGE]
     both = render_root(buttons=button_value(REF), muted=muted, acknowledged_by=USER_ID)
     assert buttons(both) == []
+
+
+def test_the_slack_section_is_read_and_its_secret_redacted(tmp_path: Path) -> None:
+    config = make_config(tmp_path, quick_settings() + '[slack]\nsigning_secret = "s3cret-sign"\n')
+    assert config.slack is not None
+    assert config.slack.signing_secret.get_secret_value() == "s3cret-sign"
+    assert "s3cret-sign" in config.secrets()
+    assert make_config(tmp_path, quick_settings()).slack is None
+    for section, problem in (
+        ("[slack]\n", "slack.signing_secret: missing"),
+        ('[slack]\nsigning_secret = "x"\nmute_for = "1h"\n', "slack.mute_for: unknown key"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            make_config(tmp_path, quick_settings() + section)
+        assert problem in refused.value.problems
