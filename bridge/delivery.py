@@ -43,8 +43,6 @@ CLAIM_BATCH = 32
 LEASE_MARGIN = 60.0
 
 
-
-
 @dataclass
 class Lane:
     """One destination's claim loop: claims its due deliveries in order, renders and sends

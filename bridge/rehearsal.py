@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -20,6 +20,7 @@ from bridge.digest import digest_context, digest_entry, render_digest
 from bridge.failed_tests import FailedTest, RunTests
 from bridge.jobserv import Build, parse_build
 from bridge.render import Template, TemplateError, build_context, context, render_message
+from bridge.slack_interactions import IncidentRef, button_value
 from bridge.threads import Draft
 from bridge.transitions import History, above, history, transition
 
@@ -75,9 +76,12 @@ def _before(build: Build, *statuses: str) -> History:
     return history((build.build_id - 1 - i, status) for i, status in enumerate(statuses))
 
 
-def _incident_root(destination: str) -> dict[str, Any]:
+def _incident_root(destination: str, acted: bool = False) -> dict[str, Any]:
+    """A failing incident's root, with Slack's buttons; `acted`: acknowledged and muted."""
     build = _failed()
     first = build.model_copy(update={"build_id": build.build_id - 1})
+    ref = IncidentRef(destination, build.factory, build.trigger_name or "", first.build_id)
+    muted = {"until": "2021-07-28T09:03:20+00:00", "author": "ana", "comment": "swap", "id": 1}
     details = {
         "summary": "Failing since #67 (2 failed builds)",
         "failing": True,
@@ -87,6 +91,9 @@ def _incident_root(destination: str) -> dict[str, Any]:
         "reposted": False,
         "first": build_context(first),
         "latest": build_context(build),
+        "acknowledged_by": "U0SAMPLE" if acted else "",
+        "muted": muted if acted else None,
+        "buttons": button_value(ref),
     }
     draft = Draft(build, 1, str(details["summary"]), details, ("@oncall",))
     return draft.context(destination, build_context(build, _tests(build)))
@@ -119,6 +126,7 @@ SAMPLES = (
     Sample("a fixed build", _message(_passed(), _before(_passed(), "FAILED", "FAILED"))),
     Sample("a late failure fixed since", _message(_failed(), _late_failure())),
     Sample("an incident root", _incident_root, threads_only=True),
+    Sample("an acknowledged, muted root", partial(_incident_root, acted=True), threads_only=True),
     Sample("a digest", _digest, digest=True),
 )
 
