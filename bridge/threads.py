@@ -200,9 +200,15 @@ class Reconcile:
     async def _edit(self, action: Edit, body: Body, delivery: Delivery) -> Outcome | None:
         where = (self.destination, delivery.factory, delivery.trigger)
         record = action.record
-        outcome = await self.send(self.chat.update(record.ref, body))
+        shown = digest(action.content)
+        # Its own key, the same on every try of this delivery, naming what the message showed
+        # and what it shows now: Matrix dedupes by key, and would take an edit back to an
+        # earlier content (A, B, A) for the earlier edit and change nothing.
+        kind, anchor, number = record.key
+        key = f"{delivery.key}-edit-{kind}-{anchor}-{number}-{record.digest[:12]}-{shown[:12]}"
+        outcome = await self.send(self.chat.update(record.ref, body, key))
         if isinstance(outcome, Sent):
-            updated = replace(record, digest=digest(action.content))
+            updated = replace(record, digest=shown)
             await self.store.save_thread_record(*where, updated)
             return outcome
         if not _gone(outcome):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +35,6 @@ def needs_one_of(body: Body, *keys: str) -> str | None:
     if any(body.get(key) for key in keys):
         return None
     return f"needs {' or '.join(f'`{key}`' for key in keys)}"
-
-
-def message_key(kind: str, body: Body) -> str:
-    """`jobserv-bridge-<kind>-<digest of body>`: the same body gets the same key."""
-    data = (
-        body
-        if isinstance(body, str)
-        else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    )
-    digest = hashlib.sha256(data.encode()).hexdigest()[:16]
-    return f"jobserv-bridge-{kind}-{digest}"
 
 
 class DestinationSettings(BaseModel):
@@ -88,8 +75,9 @@ class ThreadedChat(Chat, Protocol):
         """Post `body` as a reply in `thread` (a `Sent.ref` of an earlier send)."""
         ...
 
-    async def update(self, thread: str, body: Body) -> Outcome:
-        """Replace the message `thread` refers to with `body`."""
+    async def update(self, thread: str, body: Body, key: str) -> Outcome:
+        """Replace the message `thread` refers to with `body`; `key` names this edit, as
+        `send`'s names a message (a chat that takes no idempotency key ignores it)."""
         ...
 
     def text_body(self, text: str) -> Body:

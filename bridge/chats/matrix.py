@@ -14,7 +14,7 @@ import aiohttp
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from bridge.chats.base import Body, ChatType, DestinationSettings, message_key
+from bridge.chats.base import Body, ChatType, DestinationSettings
 from bridge.chats.http import Answer, send_json
 from bridge.chats.limits import matrix_fits
 from bridge.outcome import Outcome, Sent, from_http
@@ -71,9 +71,11 @@ class Matrix:
         content = {**_content(body), "m.relates_to": relation}
         return await self._put(content, key)
 
-    async def update(self, thread: str, body: Body) -> Outcome:
+    async def update(self, thread: str, body: Body, key: str) -> Outcome:
         """An edit of event `thread` (an `m.replace` relation): its new content, and a
-        fallback starred text; no one is mentioned again."""
+        fallback starred text; no one is mentioned again. `key` is its transaction id: a
+        homeserver answers an id it took before with that event and changes nothing, so an
+        edit back to an earlier content needs a new one (not one derived from the body)."""
         new = _content(body)
         content: dict[str, Any] = {
             **new,
@@ -84,7 +86,7 @@ class Matrix:
         }
         if "formatted_body" in new:
             content["formatted_body"] = "* " + str(new["formatted_body"])
-        return await self._put(content, message_key("edit", content))
+        return await self._put(content, key)
 
     def text_body(self, text: str) -> Body:
         return {"msgtype": "m.notice", "body": text}

@@ -39,7 +39,7 @@ class SlackApi:
         channel, ts = thread.split("/", 1)
         return await self._call("chat_postMessage", channel=channel, thread_ts=ts, **_payload(body))
 
-    async def update(self, thread: str, body: Body) -> Outcome:
+    async def update(self, thread: str, body: Body, key: str) -> Outcome:
         channel, ts = thread.split("/", 1)
         return await self._call("chat_update", channel=channel, ts=ts, **_payload(body))
 
