@@ -157,6 +157,28 @@ async def test_bookkeeping_never_commits_inside_the_intakes_synced_batch(
     assert not accepted.result().duplicate
 
 
+async def test_a_serving_store_checkpoints_its_log_off_the_writer_thread(
+    sqlite_store: SqliteStore,
+) -> None:
+    # Far below SQLite's own threshold (1,000 pages of log), which would checkpoint inside
+    # a commit: only the store's checkpointing thread copies these into the file.
+    size = sqlite_store.path.stat().st_size
+    t0 = time.time()
+    for n in range(20):
+        await sqlite_store.accept(event(n, at=t0), plan(["ci-alerts"]))
+
+    async def copied_into_the_file() -> bool:
+        return sqlite_store.path.stat().st_size > size
+
+    await eventually(copied_into_the_file, timeout=10.0)
+    assert (
+        await sqlite_store._call(
+            lambda c: int(c.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        )
+        == 0
+    )  # none inside the writer's commits
+
+
 # --- a lane ---------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.store.records import StoreUnavailable, unavailable
+from bridge.store.sqlite_checkpoint import Checkpointer
 from bridge.store.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ class SqliteWriter:
         self._unwritten: set[int] = set()
         self._sent_writes: set[asyncio.Future[None]] = set()
         self._closing = False
+        self._checkpointer: Checkpointer | None = None
 
     # -- the writer thread --------------------------------------------------
 
@@ -65,6 +67,8 @@ class SqliteWriter:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             self._synchronous = "FULL"
+            if serving:  # its own thread checkpoints (see sqlite_checkpoint)
+                connection.execute("PRAGMA wal_autocheckpoint=0")
             migrate(connection)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
@@ -72,6 +76,9 @@ class SqliteWriter:
             target=self._run, args=(connection,), name="sqlite-store", daemon=True
         )
         self._thread.start()
+        if serving:
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.start()
         self._claims, self._sent, self._unwritten = {}, [], set()
         if serving:
             # We hold the lock: no other process serves from this file, so claims live in
@@ -85,6 +92,9 @@ class SqliteWriter:
         if self._thread is not None and self._thread.is_alive():
             await self._before_close()
         self._closing = True
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
