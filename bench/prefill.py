@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.common import alternating_status, webhook_body
 from bridge.store.sqlite_schema import migrate
-from bridge.transitions import transition
+from bridge.transitions import history, transition
 
 SPREAD = 6 * 86400.0
 URL = "https://api.foundries.io/projects/andy-corp/lmp/builds/{}/"
@@ -47,7 +47,7 @@ def prefill(path: Path, events: int) -> None:
         for build_id in range(1, events + 1):
             status = alternating_status(build_id)
             earlier = [(n, alternating_status(n)) for n in (build_id - 1, build_id - 2) if n > 0]
-            change = transition(build_id, status, earlier)
+            change = transition(build_id, status, history(earlier))
             yield (
                 build_id,
                 _identity(build_id, status),
