@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.disk import SyncSetting
 from bridge.jobserv import parse_build, sign
 from bridge.store import NewEvent
 from bridge.store.sqlite import SqliteStore
@@ -60,14 +61,23 @@ def free_port() -> int:
         return port
 
 
+def sqlite_toml(store: Path) -> str:
+    """The [store] table's body for a SQLite file."""
+    return f"path = {json.dumps(str(store))}"
+
+
 def bridge_config(
-    path: Path, *, port: int, store: Path, chat_port: int, destinations: int = 1
+    path: Path, *, port: int, store: Path | str, chat_port: int, destinations: int = 1
 ) -> Path:
-    """A serve config: failed builds of andy-corp go to `destinations` fake chats, lifted limits."""
+    """A serve config: failed builds of andy-corp go to `destinations` fake chats, lifted limits.
+
+    `store` is a SQLite file, or the [store] table's body (a PostgreSQL `url = ...`).
+    """
     names = [f"d{i}" for i in range(destinations)]
+    store_toml = sqlite_toml(store) if isinstance(store, Path) else store
     lines = [
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nshutdown_timeout = "2s"\n',
-        f"[store]\npath = {json.dumps(str(store))}\n",
+        f"[store]\n{store_toml}\n",
         f'[[sources]]\nname = "bench"\nsecret = "{SECRET}"\nfactories = ["*"]\n',
     ]
     for name in names:
@@ -105,13 +115,23 @@ def get_json(url: str, timeout: float = 2.0) -> Any:
 
 @contextlib.contextmanager
 def service(
-    name: str, args: list[str], port: int, ready_path: str, log_dir: Path, deadline: float = 60.0
+    name: str,
+    args: list[str],
+    port: int,
+    ready_path: str,
+    log_dir: Path,
+    deadline: float = 60.0,
+    sync: SyncSetting | None = None,
 ) -> Iterator[Service]:
-    """Run `python args...` until the block ends: SIGTERM, then SIGKILL after 10 s."""
+    """Run `python args...` until the block ends: SIGTERM, then SIGKILL after 10 s.
+
+    With `sync`, the process runs under that setting's shim (and is checked to).
+    """
     log = (log_dir / f"{name}.log").open("wb")
     started = time.monotonic()
+    env = None if sync is None else sync.environment()
     process = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
     )
     try:
         while True:
@@ -124,7 +144,10 @@ def service(
                 if time.monotonic() - started > deadline:
                     raise RuntimeError(f"{name} not ready after {deadline:.0f}s") from None
                 time.sleep(0.02)
-        yield Service(name, process, port, time.monotonic() - started)
+        ready_after = time.monotonic() - started
+        if sync is not None:
+            sync.check_loaded(process.pid, name)
+        yield Service(name, process, port, ready_after)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -136,14 +159,19 @@ def service(
         log.close()
 
 
-def serve(config: Path, port: int, log_dir: Path) -> ContextManager[Service]:
-    """`python -m bridge serve` at its default log level (info), logging to a file."""
+def serve(
+    config: Path, port: int, log_dir: Path, sync: SyncSetting, name: str = "bridge"
+) -> ContextManager[Service]:
+    """`python -m bridge serve` at its default log level (info), logging to a file.
+
+    It runs under `sync`: with the shim preloaded when that setting slows syncs down.
+    """
     args = ["-m", "bridge", "serve", "--config", str(config)]
-    return service("bridge", args, port, "/healthz", log_dir)
+    return service(name, args, port, "/healthz", log_dir, sync=sync)
 
 
-def fake_chat(port: int, log_dir: Path) -> ContextManager[Service]:
-    args = ["-m", "bench.fake_chat", "--port", str(port)]
+def fake_chat(port: int, log_dir: Path, record: bool = False) -> ContextManager[Service]:
+    args = ["-m", "bench.fake_chat", "--port", str(port), *(["--record"] if record else [])]
     return service("fake-chat", args, port, "/_stats", log_dir)
 
 

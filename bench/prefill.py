@@ -2,8 +2,8 @@
 
 Going through `SqliteStore.accept` (one fsync'd group commit per batch) would take
 many minutes, so the rows are inserted directly, in one unsynced transaction, into the
-schema that bridge/store/sqlite.py creates (its own SCHEMA text is executed; a new
-NOT NULL column there makes this fail loudly rather than fill a wrong store). Each
+schema that bridge/store/sqlite_schema.py makes (its own `migrate` runs; a new NOT NULL
+column there makes this fail loudly rather than fill a wrong store). Each
 row is what the bridge itself would have stored for the sample body renumbered (a
 2.1 kB JobServ body) with builds of one trigger alternately failed and passed: the
 event with its identity key (as `Build.identity` computes it) and its transition (as
@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import alternating_status, webhook_body
-from bridge.store.sqlite import SCHEMA
-from bridge.transitions import transition
+from bridge.store.sqlite_schema import migrate
+from bridge.transitions import history, transition
 
 SPREAD = 6 * 86400.0
 URL = "https://api.foundries.io/projects/andy-corp/lmp/builds/{}/"
@@ -47,7 +47,7 @@ def prefill(path: Path, events: int) -> None:
         for build_id in range(1, events + 1):
             status = alternating_status(build_id)
             earlier = [(n, alternating_status(n)) for n in (build_id - 1, build_id - 2) if n > 0]
-            change = transition(build_id, status, earlier)
+            change = transition(build_id, status, history(earlier))
             yield (
                 build_id,
                 _identity(build_id, status),
@@ -75,7 +75,7 @@ def prefill(path: Path, events: int) -> None:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("PRAGMA cache_size=-1000000")
-        db.executescript(SCHEMA)
+        migrate(db)
         db.execute("BEGIN")
         db.executemany(
             "INSERT INTO events (id, key, factory, trigger, build_id, status, body, received_at,"

@@ -1,6 +1,7 @@
 """Intake throughput of 1, 2 and 3 replicas on PostgreSQL, next to one on SQLite.
 
     python -m bench.replicas [--rounds 3] [--duration 10] [--connections 32] [--postgres URL]
+                             [--replicas 1 2 3] [--shim-ms 0 1 5]
 
 Every setup serves the same work, posted by wrk with the same number of connections
 in all, split evenly over the replicas (one wrk per replica, as a load balancer would
@@ -14,9 +15,13 @@ itself. Two workloads:
   run. The events of one trigger are taken one at a time (each needs the history
   before it), which bounds this one.
 
-Without --postgres, a throwaway PostgreSQL starts in a temporary folder, with its
-default durability (fsync on, synchronous commits), as SQLite runs with its full
-sync; it is stopped at the end.
+Without --postgres, a throwaway PostgreSQL starts in a folder of the work folder, with
+its default durability (fsync on, synchronous commits), as SQLite runs with its full
+sync; it is stopped at the end. Every setup runs under each sync setting in turn (the
+plain disk, then the slowsync shim at 1 ms and 5 ms, see bench/disk.py): the replicas
+and the throwaway PostgreSQL are started under it. With one replica on PostgreSQL, the
+latency from 202 to chat is measured too (as in bench/run.py), and the CPU per accepted
+event (bridge and PostgreSQL together) is set against its target.
 
 Everything runs on 127.0.0.1 and stops by itself.
 """
@@ -44,6 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench import disk
 from bench.common import (
     SECRET,
     Service,
@@ -59,6 +65,9 @@ from bench.common import (
     write_bodies,
     wrk,
 )
+from bench.disk import DiskSetting, SyncSetting
+from bench.latency import measure_latency
+from bench.run import HEADER, Figure, latency_target
 from bridge.jobserv import sign
 
 WARMUP_SECONDS = 2.0
@@ -66,6 +75,8 @@ BODIES_PER_SECOND = 8000  # per replica: more than one accepts, so a run never r
 FIRST_ID = 20_000_000  # build ids of their own, apart from bench/run.py's
 TRIGGERS = 20  # in the mixed workload
 WORKLOADS = ("mixed", "one trigger failing")
+LATENCY_IDS = 30_000_000
+CPU_TARGET_US = 500.0  # bridge and PostgreSQL CPU per accepted event, one replica
 
 
 # -- a throwaway PostgreSQL ----------------------------------------------------------
@@ -85,17 +96,20 @@ def _postmaster_pid(data: Path) -> int:
 
 
 @contextlib.contextmanager
-def throwaway_postgres(log_dir: Path) -> Iterator[tuple[str, int]]:
-    """A PostgreSQL server on 127.0.0.1, durable as shipped: its URL and postmaster pid."""
+def throwaway_postgres(workdir: Path, sync: SyncSetting) -> Iterator[tuple[str, int]]:
+    """A PostgreSQL server on 127.0.0.1, durable as shipped: its URL and postmaster pid.
+
+    Its data lives in `workdir` (the disk measured), and it runs under `sync`.
+    """
     binaries = _postgres_bin()
-    folder = Path(tempfile.mkdtemp(prefix="bridge-bench-postgres-"))
+    folder = Path(tempfile.mkdtemp(prefix="postgres-", dir=workdir))
     run_as = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         run_as = ["runuser", "-u", "postgres", "--"]
         shutil.chown(folder, "postgres", "postgres")
     folder.chmod(0o755)
     data, port = folder / "data", free_port()
-    log = log_dir / "postgres.log"
+    log = workdir / "postgres.log"
     pg_ctl = [*run_as, str(binaries / "pg_ctl"), f"--pgdata={data}"]
     try:
         subprocess.run(
@@ -109,9 +123,11 @@ def throwaway_postgres(log_dir: Path) -> Iterator[tuple[str, int]]:
         )
         subprocess.run(
             [*pg_ctl, f"--log={folder / 'server.log'}", "--wait", f"--options={options}", "start"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, env=sync.environment(),
         )  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", _postmaster_pid(data)
+        postmaster = _postmaster_pid(data)
+        sync.check_loaded(postmaster, "PostgreSQL")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", postmaster
     finally:
         subprocess.run([*pg_ctl, "--mode=fast", "stop"], capture_output=True)
         with contextlib.suppress(OSError):
@@ -223,10 +239,13 @@ def write_mixed_bodies(path: Path, first_id: int, count: int) -> Path:
 
 
 class ReplicaBench:
-    def __init__(self, workdir: Path, duration: float, connections: int) -> None:
+    def __init__(
+        self, workdir: Path, duration: float, connections: int, setting: DiskSetting
+    ) -> None:
         self.workdir = workdir
         self.duration = duration
         self.connections = connections
+        self.setting = setting
         self.next_id = FIRST_ID
         self.workload = WORKLOADS[0]
 
@@ -264,7 +283,14 @@ class ReplicaBench:
                 args = ["-m", "bridge", "serve", "--config", str(config)]
                 replicas.append(
                     stack.enter_context(
-                        service(f"replica-{index}", args, port, "/healthz", self.workdir)
+                        service(
+                            f"replica-{index}",
+                            args,
+                            port,
+                            "/healthz",
+                            self.workdir,
+                            sync=self.setting.sync,
+                        )
                     )
                 )
             pids = [r.pid for r in replicas]
@@ -339,23 +365,56 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections in all")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each setup; median shown")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--replicas", type=int, nargs="+", default=[1, 2, 3], help="replica counts on PostgreSQL"
+    )
     parser.add_argument("--postgres", help="a server URL to use instead of a throwaway one")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/jobserv-bridge-bench-replicas"))
+    disk.add_options(parser)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    bench = ReplicaBench(args.workdir, args.duration, args.connections)
+    args.workdir.chmod(0o755)  # a throwaway PostgreSQL runs as its own user in a folder here
+    disk.refuse_tmpfs(args.workdir, args.allow_tmpfs)
     started = time.monotonic()
     print(
-        f"{os.cpu_count()} cores; wrk {args.duration:g} s, {args.connections} connections in all,"
-        f" {args.rounds} round(s)",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores; wrk {args.duration:g} s,"
+        f" {args.connections} connections in all, {args.rounds} round(s)",
         flush=True,
     )
+    every_run: dict[str, dict[str, dict[str, list[dict[str, object]]]]] = {}
+    figures: list[Figure] = []
+    for setting in disk.settings(
+        args.workdir, args.shim_ms, args.slowsync_source, args.sync_probes
+    ):
+        print(f"\n## {setting.header()}", flush=True)
+        bench = ReplicaBench(args.workdir, args.duration, args.connections, setting)
+        runs = _one_setting(bench, args, figures)
+        every_run[setting.sync.shim_label] = {
+            workload: {setup: [r.__dict__ for r in done] for setup, done in setups.items()}
+            for workload, setups in runs.items()
+        }
+    results = args.workdir / "replicas.json"
+    results.write_text(
+        json.dumps(
+            {"runs": every_run, "figures": [f.__dict__ for f in figures]}, indent=2, default=str
+        )
+    )
+    print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s; {results}")
+
+
+def _one_setting(
+    bench: ReplicaBench, args: argparse.Namespace, figures: list[Figure]
+) -> dict[str, dict[str, list[Run]]]:
+    """Every workload and setup under one sync setting, then the latency on PostgreSQL."""
+    setting = bench.setting
     runs: dict[str, dict[str, list[Run]]] = {}
     with ExitStack() as stack:
         if args.postgres:
             server_url, postgres_pid = args.postgres, None
         else:
-            server_url, postgres_pid = stack.enter_context(throwaway_postgres(args.workdir))
+            server_url, postgres_pid = stack.enter_context(
+                throwaway_postgres(args.workdir, setting.sync)
+            )
         for workload in args.workloads:
             bench.workload = workload
             done = runs.setdefault(workload, {})
@@ -368,7 +427,7 @@ def main() -> None:
                     functools.partial(count_rows, sqlite_path, "events"),
                 )
                 done.setdefault(run.setup, []).append(run)
-                for replicas in (1, 2, 3):
+                for replicas in args.replicas:
                     url = asyncio.run(_fresh_database(server_url, f"bridge_bench_{replicas}"))
                     run = bench.run(
                         f"{replicas} replica{'s' if replicas > 1 else ''}, PostgreSQL",
@@ -378,14 +437,66 @@ def main() -> None:
                     )
                     done.setdefault(run.setup, []).append(run)
             _table(workload, done)
-    results = args.workdir / "replicas.json"
-    every_run = {
-        workload: {setup: [r.__dict__ for r in done] for setup, done in setups.items()}
-        for workload, setups in runs.items()
-    }
-    results.write_text(json.dumps(every_run, indent=2))
-    count = sum(len(done) for setups in runs.values() for done in setups.values())
-    print(f"\n{count} runs in {time.monotonic() - started:.0f} s; {results}")
+        print(f"\n{HEADER}", flush=True)
+        for workload, done in runs.items():
+            _cpu_figure(setting, workload, done, figures)
+        for destinations in (1, 10):
+            url = asyncio.run(_fresh_database(server_url, "bridge_bench_latency"))
+            latency = measure_latency(
+                args.workdir,
+                setting.sync,
+                f"url = {json.dumps(url)}",
+                first_id=LATENCY_IDS,
+                destinations=destinations,
+            )
+            target = latency_target(setting)
+            value = latency.p(0.99)
+            _report(
+                figures,
+                Figure(
+                    "replicas",
+                    f"1 replica, PostgreSQL: 202 received -> chat received, p99,"
+                    f" {latency.rate:g} events/s to {destinations}",
+                    value,
+                    "ms",
+                    target.text if target else "",
+                    (target.met(value) and not latency.missing) if target else None,
+                    setting,
+                    latency.note(),
+                ),
+            )
+    return runs
+
+
+def _report(figures: list[Figure], figure: Figure) -> None:
+    figures.append(figure)
+    print(figure.row(), flush=True)
+
+
+def _cpu_figure(
+    setting: DiskSetting, workload: str, runs: dict[str, list[Run]], figures: list[Figure]
+) -> None:
+    """One replica on PostgreSQL: bridge and PostgreSQL CPU per accepted event, the median run."""
+    done = runs.get("1 replica, PostgreSQL")
+    if not done:
+        return
+    run = sorted(done, key=lambda r: r.per_second)[len(done) // 2]
+    applies = setting.sync.delay_us <= 1000 and run.postgres_cpu is not None
+    _report(
+        figures,
+        Figure(
+            "replicas",
+            f"1 replica, PostgreSQL, {workload}: CPU per accepted event (bridge + PostgreSQL)",
+            run.cpu_per_event_us,
+            "µs",
+            f"<= {CPU_TARGET_US:g} µs" if applies else "",
+            run.cpu_per_event_us <= CPU_TARGET_US if applies else None,
+            setting,
+            f"{run.per_second:,.0f} events/s; bridge {run.bridge_cpu:.2f} cores,"
+            f" PostgreSQL {run.postgres_cpu or 0:.2f} cores; outside the bench"
+            f" {run.others_cpu:.2f} cores",
+        ),
+    )
 
 
 def _table(workload: str, runs: dict[str, list[Run]]) -> None:

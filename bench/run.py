@@ -1,32 +1,32 @@
 """Benchmarks of jobserv-bridge: speed and memory next to their targets (see bench/README.md).
 
-    python -m bench.run [all | intake latency drain memory bigstore ...]
+    python -m bench.run [all | intake latency drain memory bigstore ...] [--shim-ms 0 1 5]
 
-Everything runs on 127.0.0.1 and stops by itself: wrk runs for --duration seconds, the
-Python drivers send a fixed number of events, every wait has a deadline.
+Every figure runs under each sync setting in turn: the work folder's plain disk, then
+with every sync made 1 ms and 5 ms slower by the slowsync shim (bench/disk.py), with the
+sync cost measured in the work folder for each. Everything runs on 127.0.0.1 and stops by
+itself: wrk runs for --duration seconds, the Python drivers send a fixed number of events,
+every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import aiohttp
-from aiohttp import web
-
+from bench import disk
 from bench.common import (
     ROOT,
-    SECRET,
     CpuWatch,
+    Service,
     WrkResult,
     bridge_config,
     count_rows,
@@ -36,21 +36,21 @@ from bench.common import (
     floor_app,
     free_port,
     get_json,
-    percentile,
     serve,
     vm_hwm_mb,
-    webhook_body,
     write_bodies,
     wrk,
 )
+from bench.disk import DiskSetting
+from bench.latency import measure_latency
 from bench.prefill import prefill, trim
-from bridge.jobserv import sign
 
 WARMUP_SECONDS = 2.0
 BODIES_PER_SECOND = 6000  # more than the bridge accepts, so a run never repeats a body
 # Build-id ranges, so that bodies of different purposes never share an identity.
 NOWHERE_IDS, ROUTED_IDS, WARMUP_IDS, LATENCY_IDS = 2_000_000, 3_000_000, 5_000_000, 7_000_000
 BIG_STORE_EVENTS = 1_000_000
+INTAKE_TARGET = 0.4  # x the floor app, as throughput and as CPU per event
 
 T = TypeVar("T")
 
@@ -63,12 +63,44 @@ class Figure:
     unit: str
     target: str
     passed: bool | None  # None: reported for context, no target
+    setting: DiskSetting
     note: str = ""
 
     def row(self) -> str:
         verdict = {True: "pass", False: "MISS", None: ""}[self.passed]
         value = f"{self.value:,.2f}" if abs(self.value) < 100 else f"{self.value:,.0f}"
-        return f"| {self.what} | {value} {self.unit} | {self.target} | {verdict} | {self.note} |"
+        return (
+            f"| {self.what} | {value} {self.unit} | {self.target} | {verdict}"
+            f" | {self.setting.disk} | {self.setting.cost} | {self.setting.sync.shim_label}"
+            f" | {self.note} |"
+        )
+
+
+HEADER = (
+    "| figure | measured | target | verdict | disk | sync (p50) | shim | notes |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    met: Callable[[float], bool]
+
+
+def latency_target(setting: DiskSetting) -> Target | None:
+    """p99 <= 20 ms with syncs up to 1 ms slower (and on the plain disk), <= 50 ms at 5 ms."""
+    delay = setting.sync.delay_us
+    if delay <= 1000:
+        return Target("<= 20 ms", lambda v: v <= 20.0)
+    if delay <= 5000:
+        return Target("<= 50 ms", lambda v: v <= 50.0)
+    return None
+
+
+def other_target(setting: DiskSetting, text: str, met: Callable[[float], bool]) -> Target | None:
+    """Throughput, intake and memory targets hold on the plain disk and with the shim at 1 ms."""
+    return Target(text, met) if setting.sync.delay_us <= 1000 else None
 
 
 @dataclass(frozen=True)
@@ -108,17 +140,48 @@ def spread(values: list[float]) -> str:
 
 
 class Bench:
-    def __init__(self, workdir: Path, duration: float, connections: int, rounds: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        duration: float,
+        connections: int,
+        rounds: int,
+        setting: DiskSetting,
+        figures: list[Figure],
+    ) -> None:
         self.workdir = workdir
         self.duration = duration
         self.connections = connections
         self.rounds = rounds
-        self.figures: list[Figure] = []
+        self.setting = setting
+        self.figures = figures
         self._bodies: dict[tuple[int, str], Path] = {}
 
-    def report(self, figure: Figure) -> None:
+    def report(
+        self,
+        bench: str,
+        what: str,
+        value: float,
+        unit: str,
+        target: Target | None,
+        note: str = "",
+    ) -> None:
+        figure = Figure(
+            bench,
+            what,
+            value,
+            unit,
+            target.text if target else "",
+            target.met(value) if target else None,
+            self.setting,
+            note,
+        )
         self.figures.append(figure)
         print(figure.row(), flush=True)
+
+    def serve(self, config: Path, port: int) -> ContextManager[Service]:
+        """serve as a user starts it, under this run's sync setting."""
+        return serve(config, port, self.workdir, self.setting.sync)
 
     def bodies(self, first_id: int, status: str, count: int | None = None) -> Path:
         """A wrk body file, written once per run."""
@@ -150,7 +213,7 @@ class Bench:
         bodies, warmup = self.bodies(first_id, status), self.warmup_bodies(status)
         with (
             fake_chat(chat_port, self.workdir) as chat,
-            serve(config, port, self.workdir) as bridge,
+            self.serve(config, port) as bridge,
         ):
             pids = (bridge.pid, chat.pid)
             wrk(port, warmup, WARMUP_SECONDS, self.connections, pids)
@@ -183,125 +246,62 @@ class Bench:
         floor = middle(floors, lambda r: r.per_second)
         floor_cpu_us = floor.cpu.server * floor.cpu.seconds / floor.requests * 1e6
         self.report(
-            Figure(
-                "intake",
-                "floor app (HMAC + JSON + 202, stores nothing)",
-                floor.per_second,
-                "req/s",
-                "baseline",
-                None,
-                f"p99 {floor.p99_ms:.1f} ms, errors {floor.non2xx + floor.socket_errors};"
-                f" {floor_cpu_us:.0f} µs CPU/request;"
-                f" {floor.cpu.note()}{spread([r.per_second for r in floors])}",
-            )
+            "intake",
+            "floor app (HMAC + JSON + 202, stores nothing)",
+            floor.per_second,
+            "req/s",
+            None,
+            f"p99 {floor.p99_ms:.1f} ms, errors {floor.non2xx + floor.socket_errors};"
+            f" {floor_cpu_us:.0f} µs CPU/request;"
+            f" {floor.cpu.note()}{spread([r.per_second for r in floors])}",
         )
+        at_least = f">= {INTAKE_TARGET:g}x floor"
         for label, _, _ in cases:
             run = middle(runs[label], lambda r: r.per_second)
             ratio = run.per_second / floor.per_second
             self.report(
-                Figure(
-                    "intake",
-                    f"bridge, {label}: accepted/s ({ratio:.2f}x floor)",
-                    run.per_second,
-                    "events/s",
-                    ">= 0.8x floor",
-                    ratio >= 0.8,
-                    f"CPU-bound ratio {floor_cpu_us / run.cpu_per_event_us:.2f}x"
-                    f" (floor's CPU per request / bridge's per event); {run.note()}"
-                    + spread([r.per_second for r in runs[label]]),
-                )
+                "intake",
+                f"bridge, {label}: accepted/s / floor's req/s ({run.per_second:,.0f}/s)",
+                ratio,
+                "x",
+                other_target(self.setting, at_least, lambda v: v >= INTAKE_TARGET),
+                run.note() + spread([r.per_second for r in runs[label]]),
+            )
+            cpu_ratio = floor_cpu_us / run.cpu_per_event_us
+            self.report(
+                "intake",
+                f"bridge, {label}: floor's CPU/request / CPU/event"
+                f" ({run.cpu_per_event_us:.0f} µs vs {floor_cpu_us:.0f} µs)",
+                cpu_ratio,
+                "x",
+                other_target(self.setting, at_least, lambda v: v >= INTAKE_TARGET),
+                "the throughput ratio the two would have with a core each",
             )
 
     # -- 2. latency from accepted to received ------------------------------------
 
     def latency(self, rate: float = 200.0, seconds: float = 10.0) -> None:
-        asyncio.run(self._latency(rate, seconds))
-
-    async def _latency(self, rate: float, seconds: float) -> None:
-        warmup = int(rate)  # the first second is not measured
-        ids = range(LATENCY_IDS, LATENCY_IDS + warmup + int(rate * seconds))
-        arrived: dict[int, float] = {}
-        all_arrived = asyncio.Event()
-
-        async def receive(request: web.Request) -> web.Response:
-            message = await request.json()
-            arrived[message["build_id"]] = time.monotonic()
-            if len(arrived) == len(ids):
-                all_arrived.set()
-            return web.Response(text="ok")
-
-        chat = web.Application()
-        chat.router.add_post("/{name}", receive)
-        runner = web.AppRunner(chat, access_log=None)
-        await runner.setup()
-        chat_port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", chat_port).start()
-
-        signed = {i: (webhook_body(i), sign(SECRET, webhook_body(i))) for i in ids}
-        sent: dict[int, float] = {}
-        acked: dict[int, float] = {}
-        statuses: list[int] = []
-
-        async def post(session: aiohttp.ClientSession, url: str, build_id: int) -> None:
-            body, signature = signed[build_id]
-            headers = {"Content-Type": "application/json", "X-JobServ-Sig": signature}
-            sent[build_id] = time.monotonic()
-            async with session.post(url, data=body, headers=headers) as answer:
-                await answer.read()
-                statuses.append(answer.status)
-            acked[build_id] = time.monotonic()
-
-        port = free_port()
-        store = self.store("latency")
-        config = bridge_config(
-            self.workdir / "bridge.toml", port=port, store=store, chat_port=chat_port
-        )
-        try:
-            with serve(config, port, self.workdir):
-                url = f"http://127.0.0.1:{port}/webhook"
-                async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as posts:
-                    start = time.monotonic()
-                    for n, build_id in enumerate(ids):
-                        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-                        posts.create_task(post(session, url, build_id))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(all_arrived.wait(), 10.0)
-        finally:
-            await runner.cleanup()
-
-        measured = [i for i in ids[warmup:] if i in arrived and i in acked]
-        from_ack = [(arrived[i] - acked[i]) * 1000 for i in measured]
-        from_send = [(arrived[i] - sent[i]) * 1000 for i in measured]
-        lost = len(ids) - warmup - len(measured)
-        not_202 = sum(status != 202 for status in statuses)
-        context = f"{len(measured)} events at {rate:g}/s; missing {lost}, non-202 {not_202}"
-        for name, values, target in (
-            ("p50", from_ack, None),
-            ("p99", from_ack, 20.0),
-        ):
-            value = percentile(values, 0.5 if name == "p50" else 0.99)
+        for destinations in (1, 10):
+            run = measure_latency(
+                self.workdir,
+                self.setting.sync,
+                self.store("latency"),
+                first_id=LATENCY_IDS,
+                destinations=destinations,
+                rate=rate,
+                seconds=seconds,
+            )
+            target = latency_target(self.setting)
+            if target is not None and run.missing:  # a lost message fails any latency target
+                target = Target(target.text, lambda v: False)
             self.report(
-                Figure(
-                    "latency",
-                    f"202 received -> chat received, {name}",
-                    value,
-                    "ms",
-                    f"<= {target:g} ms" if target else "",
-                    (value <= target) if target else None,
-                    context,
-                )
-            )
-        self.report(
-            Figure(
                 "latency",
-                "request sent -> chat received, p50 / p99",
-                percentile(from_send, 0.99),
-                "ms (p99)",
-                "",
-                None,
-                f"p50 {percentile(from_send, 0.5):.1f} ms, max {max(from_send):.1f} ms",
+                f"202 received -> chat received, p99, {rate:g} events/s to {destinations}",
+                run.p(0.99),
+                "ms",
+                target,
+                run.note(),
             )
-        )
 
     # -- 3. draining a backlog ----------------------------------------------------
 
@@ -319,7 +319,7 @@ class Bench:
         with fake_chat(chat_port, self.workdir) as chat:
             chat_stats = f"http://127.0.0.1:{chat_port}/_stats"
             spawned = time.time()
-            with serve(config, port, self.workdir) as bridge:
+            with self.serve(config, port) as bridge:
                 watch = CpuWatch((bridge.pid, chat.pid))
                 deadline = time.monotonic() + 60.0
                 stats = get_json(chat_stats)
@@ -331,17 +331,14 @@ class Bench:
         count, first, last = stats["count"], stats["first"], stats["last"]
         rate = count / (last - first)
         self.report(
-            Figure(
-                "drain",
-                f"{deliveries:,} deliveries to {destinations} fake chats, first->last arrival",
-                rate,
-                "deliveries/s",
-                ">= 3,000/s",
-                rate >= 3000 and count >= deliveries,
-                f"{count:,} received in {last - first:.2f} s ({sent:,} marked sent);"
-                f" {count / (last - spawned):,.0f}/s counting serve's startup;"
-                f" {cpu.server * cpu.seconds / count * 1e6:.0f} µs CPU/delivery; {cpu.note()}",
-            )
+            "drain",
+            f"{deliveries:,} deliveries to {destinations} fake chats, first->last arrival",
+            rate,
+            "deliveries/s",
+            other_target(self.setting, ">= 3,000/s", lambda v: v >= 3000 and count >= deliveries),
+            f"{count:,} received in {last - first:.2f} s ({sent:,} marked sent);"
+            f" {count / (last - spawned):,.0f}/s counting serve's startup;"
+            f" {cpu.server * cpu.seconds / count * 1e6:.0f} µs CPU/delivery; {cpu.note()}",
         )
 
     # -- 4. peak memory -------------------------------------------------------------
@@ -349,15 +346,12 @@ class Bench:
     def memory(self) -> None:
         run = self.bridge_intake(self.store("memory"), "FAILED", ROUTED_IDS)
         self.report(
-            Figure(
-                "memory",
-                f"VmHWM serving ({self.duration:g} s of wrk, failed builds to a chat)",
-                run.vm_hwm_mb,
-                "MB",
-                "<= 80 MB",
-                run.vm_hwm_mb <= 80,
-                run.note(),
-            )
+            "memory",
+            f"VmHWM serving ({self.duration:g} s of wrk, failed builds to a chat)",
+            run.vm_hwm_mb,
+            "MB",
+            other_target(self.setting, "<= 80 MB", lambda v: v <= 80),
+            run.note(),
         )
         store = self.store("backlog")
         started = time.monotonic()
@@ -373,24 +367,21 @@ class Bench:
         )
         with (
             fake_chat(chat_port, self.workdir) as chat,
-            serve(config, port, self.workdir) as bridge,
+            self.serve(config, port) as bridge,
         ):
             bodies = self.bodies(NOWHERE_IDS, "PASSED")
             intake = wrk(port, bodies, self.duration, self.connections, (bridge.pid, chat.pid))
             peak = vm_hwm_mb(bridge.pid)
             delivered = get_json(f"http://127.0.0.1:{chat_port}/_stats")["count"]
         self.report(
-            Figure(
-                "memory",
-                "VmHWM serving with a 100,000-delivery backlog to 10 chats",
-                peak,
-                "MB",
-                "<= 150 MB",
-                peak <= 150,
-                f"{self.duration:g} s: drained {delivered:,} while wrk posted"
-                f" {intake.per_second:,.0f} req/s (builds routed nowhere);"
-                f" backlog filled via SqliteStore.accept in {filled:.1f} s",
-            )
+            "memory",
+            "VmHWM serving with a 100,000-delivery backlog to 10 chats",
+            peak,
+            "MB",
+            other_target(self.setting, "<= 150 MB", lambda v: v <= 150),
+            f"{self.duration:g} s: drained {delivered:,} while wrk posted"
+            f" {intake.per_second:,.0f} req/s (builds routed nowhere);"
+            f" backlog filled via SqliteStore.accept in {filled:.1f} s",
         )
 
     # -- 5. intake with a million stored events ---------------------------------------
@@ -419,22 +410,18 @@ class Bench:
                     trim(big, BIG_STORE_EVENTS)
             empty = middle(empties, lambda r: r.per_second)
             full = middle(fulls, lambda r: r.per_second)
-            ratio = full.per_second / empty.per_second
             self.report(
-                Figure(
-                    "bigstore",
-                    f"{label}: accepted/s with 1M events / empty store ({ratio:.2f}x)",
-                    full.per_second,
-                    "events/s",
-                    ">= 0.9x empty",
-                    ratio >= 0.9,
-                    f"empty {empty.per_second:,.0f}/s; 1M store {size_gb:.1f} GB ({made}),"
-                    f" serve ready in {full.ready_after:.1f} s vs {empty.ready_after:.1f} s;"
-                    f" CPU/event {full.cpu_per_event_us:.0f} µs vs {empty.cpu_per_event_us:.0f} µs;"
-                    f" 1M: {full.wrk.cpu.note()}; empty: {empty.wrk.cpu.note()}"
-                    + spread([r.per_second for r in fulls])
-                    + spread([r.per_second for r in empties]).replace("median", "empty: median"),
-                )
+                "bigstore",
+                f"{label}: accepted/s with 1M events / empty store ({full.per_second:,.0f}/s)",
+                full.per_second / empty.per_second,
+                "x",
+                Target(">= 0.9x empty", lambda v: v >= 0.9),
+                f"empty {empty.per_second:,.0f}/s; 1M store {size_gb:.1f} GB ({made}),"
+                f" serve ready in {full.ready_after:.1f} s vs {empty.ready_after:.1f} s;"
+                f" CPU/event {full.cpu_per_event_us:.0f} µs vs {empty.cpu_per_event_us:.0f} µs;"
+                f" 1M: {full.wrk.cpu.note()}; empty: {empty.wrk.cpu.note()}"
+                + spread([r.per_second for r in fulls])
+                + spread([r.per_second for r in empties]).replace("median", "empty: median"),
             )
 
 
@@ -453,17 +440,19 @@ def describe_machine() -> str:
     )
 
 
+BENCHES: dict[str, Callable[[Bench], None]] = {
+    "intake": Bench.intake,
+    "latency": Bench.latency,
+    "drain": Bench.drain,
+    "memory": Bench.memory,
+    "bigstore": Bench.bigstore,
+}
+
+
 def main() -> None:
-    benches: dict[str, Callable[[Bench], None]] = {
-        "intake": Bench.intake,
-        "latency": Bench.latency,
-        "drain": Bench.drain,
-        "memory": Bench.memory,
-        "bigstore": Bench.bigstore,
-    }
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "benches", nargs="*", help=f"all (the default), or some of: {', '.join(benches)}"
+        "benches", nargs="*", help=f"all (the default), or some of: {', '.join(BENCHES)}"
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
@@ -471,23 +460,28 @@ def main() -> None:
         "--rounds", type=int, default=3, help="intake and bigstore: runs each, median reported"
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/jobserv-bridge-bench"))
+    disk.add_options(parser)
     args = parser.parse_args()
-    names = list(benches) if "all" in args.benches or not args.benches else args.benches
-    unknown = set(names) - set(benches)
+    names = list(BENCHES) if "all" in args.benches or not args.benches else args.benches
+    unknown = set(names) - set(BENCHES)
     if unknown:
         parser.error(f"no benchmark named {', '.join(sorted(unknown))}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args.workdir, args.duration, args.connections, args.rounds)
+    disk.refuse_tmpfs(args.workdir, args.allow_tmpfs)
     machine = describe_machine()
-    print(f"# {machine}\n", flush=True)
-    print("| figure | measured | target | verdict | notes |\n|---|---|---|---|---|", flush=True)
+    print(f"# {machine}", flush=True)
     started = time.monotonic()
-    for name in names:
-        benches[name](bench)
+    figures: list[Figure] = []
+    settings = disk.settings(args.workdir, args.shim_ms, args.slowsync_source, args.sync_probes)
+    for setting in settings:
+        print(f"\n## {setting.header()}\n\n{HEADER}", flush=True)
+        bench = Bench(args.workdir, args.duration, args.connections, args.rounds, setting, figures)
+        for name in names:
+            BENCHES[name](bench)
     results = args.workdir / "results.json"
-    figures = [asdict(f) for f in bench.figures]
-    results.write_text(json.dumps({"machine": machine, "figures": figures}, indent=2))
-    print(f"\n{len(bench.figures)} figures in {time.monotonic() - started:.0f} s; {results}")
+    every = [asdict(f) for f in figures]
+    results.write_text(json.dumps({"machine": machine, "figures": every}, indent=2, default=str))
+    print(f"\n{len(figures)} figures in {time.monotonic() - started:.0f} s; {results}")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def clean(text: str, multiline: bool = False) -> str:
     A multi-line text keeps its line breaks, as newlines; any other text gets a space
     for each, so that a run name cannot start a new line (a quote, a list) in a chat.
     """
+    if text.isprintable():
+        return text  # the common case: every character taken out below is unprintable
     text = _TERMINAL_ESCAPE.sub("", text)
     text = _LINE_BREAK.sub("\n" if multiline else " ", text)
     text = text.replace("\t", " ")

@@ -113,7 +113,9 @@ class Recorder:
                 extra={**fields, "outcome": "dead", "reason": decision.reason},
             )
             return False
-        await self.store.mark_sent(delivery.id, now)
+        # Not awaited: the lane goes on while the outcome waits for its batch (and the
+        # delivery stays claimed until it is written).
+        self.store.note_sent(delivery.id, now)
         self._sent.inc()
         self._accept_to_sent.observe(now - delivery.created_at)
         log.info("%s: sent (attempt %d)", where, attempt, extra={**fields, "outcome": "sent"})

@@ -188,3 +188,24 @@ class BridgeProcess:
             self.process.kill()
             await self.process.wait()
         await self.session.close()
+
+
+# A crash can repeat a lane's sends whose outcome was not written yet (they are written in
+# batches, a few milliseconds apart) and the one in flight: a few, never more than this.
+FEW_RESENT = 8
+
+
+def resent_after_a_crash(received: list[int]) -> list[int]:
+    """The builds a lane sent twice around one crash, after checking that at-least-once
+    kept its shape: in order before the crash and after it, and what went twice is the last
+    few sent before the crash, sent again first, in order."""
+    drops = [i for i in range(1, len(received)) if received[i] <= received[i - 1]]
+    assert len(drops) <= 1, f"out of order: {received}"
+    if not drops:
+        return []
+    before, after = received[: drops[0]], received[drops[0] :]
+    assert after == sorted(set(after)), f"out of order after the crash: {received}"
+    again = len(set(before) & set(after))
+    assert 1 <= again <= FEW_RESENT, f"resent {again}: {received}"
+    assert before[-again:] == after[:again], f"resent other than the last sends: {received}"
+    return after[:again]

@@ -38,12 +38,20 @@ _PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger =
 _ENDED = """coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
     AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
     -9223372036854775808)"""
-_STREAK = f"""
+# All of it in one round trip: the streak is read whatever the build before (when that one
+# did not fail, its lookups stop at once) and is used only when that one failed.
+_HISTORY = f"""
 SELECT
+    ({_RERUN}) AS rerun,
+    prior.build_id AS prior_id,
+    prior.status AS prior_status,
     (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
         AND build_id > {_ENDED} AND build_id < $3 ORDER BY build_id LIMIT 1) AS since,
     (SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1 AND trigger = $2
-        AND build_id > {_ENDED} AND build_id < $3 LIMIT $4) AS streak) AS count
+        AND build_id > {_ENDED} AND build_id < $3 LIMIT $6) AS streak) AS count,
+    (SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2
+        AND build_id > $3) AS later
+FROM (SELECT 1) AS one LEFT JOIN LATERAL ({_PRIOR}) AS prior ON true
 """
 
 _RECORD = """
@@ -64,9 +72,7 @@ FROM unnest($9::text[], $10::text[], $11::text[], $12::text[])
 ORDER BY wanted.position
 """
 
-# What is known above a late build: its newest, and the failing streak just above it.
-_LATER = """SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2
-    AND build_id > $3"""
+# What is known above a late build: the failing streak just above it.
 _ENDED_ABOVE = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
     AND build_id > $3 AND status <> 'FAILED' ORDER BY build_id LIMIT 1"""
 _FAILED_ABOVE = """SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1
@@ -139,15 +145,14 @@ async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepte
 async def _history(c: Any, event: NewEvent) -> History:
     """The build before this one and the failing streak it ends, reading only that far."""
     trigger = (event.factory, event.trigger, event.build_id)
-    rerun = await c.fetchval(_RERUN, *trigger, event.status, event.completed_at)
-    found = await c.fetchrow(_PRIOR, *trigger)
-    prior = (int(found["build_id"]), str(found["status"])) if found else None
+    row = await c.fetchrow(_HISTORY, *trigger, event.status, event.completed_at, STREAK_LIMIT)
+    found = row["prior_id"]
+    prior = (int(found), str(row["prior_status"])) if found is not None else None
     streak = None
     if prior is not None and prior[1] == "FAILED":
-        row = await c.fetchrow(_STREAK, *trigger, STREAK_LIMIT)
         streak = (int(row["since"]), int(row["count"]))
-    before = streak_history(event.build_id, rerun, prior, streak)
-    later = await c.fetchval(_LATER, *trigger)
+    before = streak_history(event.build_id, row["rerun"], prior, streak)
+    later = row["later"]
     if later is None:
         return before
     found = await c.fetchrow(_ENDED_ABOVE, *trigger)

@@ -3,6 +3,9 @@ destination keeps."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 from typing import Any
 
@@ -38,19 +41,49 @@ WHERE destination = $1 AND factory = $2 AND trigger = $3
 """
 
 
-# Rows another transaction is claiming or finishing are skipped, not waited for ...
-_LOCK_HEAD = """
-SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
-    d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
-FROM deliveries d JOIN events e ON e.id = d.event_id
-WHERE d.destination = $1 AND d.state = 'pending'
-ORDER BY d.id LIMIT $2
-FOR UPDATE OF d SKIP LOCKED
+# The lane's head, in order, each row with what it holds when this claim could lock it:
+# rows another transaction is claiming or finishing are skipped, not waited for, and
+# the first of them ends the claim (the lane keeps its order).
+_CLAIM = """
+WITH locked AS (
+    SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
+        d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
+    FROM deliveries d JOIN events e ON e.id = d.event_id
+    WHERE d.destination = $1 AND d.state = 'pending'
+    ORDER BY d.id LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+), head AS (
+    SELECT id FROM deliveries WHERE destination = $1 AND state = 'pending' ORDER BY id LIMIT $2
+)
+SELECT head.id AS head_id, locked.* FROM head LEFT JOIN locked ON locked.id = head.id
+ORDER BY head.id
 """
-# ... and the lane's real head says where the rows we hold stop being its front.
-_HEAD = """
-SELECT id FROM deliveries WHERE destination = $1 AND state = 'pending' ORDER BY id LIMIT $2
+# Sent outcomes, many at once: (ids, times) as two arrays.
+_MARK_SENT = """
+UPDATE deliveries d SET state = 'sent', attempts = d.attempts + 1, next_attempt_at = s.at,
+    updated_at = s.at, claimed_until = NULL
+FROM unnest('{{{ids}}}'::bigint[], '{{{times}}}'::float8[]) AS s(id, at)
+WHERE d.id = s.id
 """
+SENT_RETRY = 1.0  # seconds before sent outcomes that could not be written are tried again
+SENT_WAIT = 5.0  # the longest a claim or a close waits for them
+
+
+async def _mark_sent(c: Any, batch: list[tuple[int, float]]) -> None:
+    """One round trip for the whole batch: its numbers written into the statement (our own
+    ints and floats: nothing to escape), which is bookkeeping, so it commits without waiting
+    for the server's log to reach its disk (a server crash that loses it resends them)."""
+    update = _MARK_SENT.format(
+        ids=",".join(str(int(i)) for i, _ in batch),
+        times=",".join(repr(float(at)) for _, at in batch),
+    )
+    try:
+        await c.execute(f"BEGIN; SET LOCAL synchronous_commit = off; {update}; COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if c.is_in_transaction():
+                await c.execute("ROLLBACK")
+        raise
 
 
 class PostgresLanes(PostgresPool):
@@ -89,47 +122,67 @@ class PostgresLanes(PostgresPool):
             )
 
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
-        async def work(c: Any) -> Claim:
-            held = {row["id"]: row for row in await c.fetch(_LOCK_HEAD, destination, limit)}
-            head = [row["id"] for row in await c.fetch(_HEAD, destination, limit)]
-            taken: list[Delivery] = []
-            next_due = None
-            for id_ in head:
-                row = held.get(id_)
-                if row is None:
-                    break  # another transaction holds the head: keep the lane in order
-                claimed_until = row["claimed_until"]
-                if claimed_until is not None and claimed_until > now:
-                    break  # another claim holds it
-                due = float(row["next_attempt_at"])
-                if due > now:
-                    next_due = due if not taken else None
-                    break
-                taken.append(
-                    Delivery(
-                        int(id_),
-                        int(row["event_id"]),
-                        destination,
-                        int(row["attempts"]),
-                        float(row["created_at"]),
-                        bytes(row["body"]),
-                        str(row["factory"]),
-                        int(row["build_id"]),
-                        str(row["trigger"]),
-                        stored_transition(row["transition"]),
-                        tuple(json.loads(row["mentions"])) if row["mentions"] else (),
-                        str(row["key"]),
-                    )
-                )
-            if taken:
-                await c.execute(
-                    "UPDATE deliveries SET claimed_until = $1 WHERE id = ANY($2::bigint[])",
-                    now + lease,
-                    [d.id for d in taken],
-                )
-            return Claim(taken, next_due)
+        # The lane's sent outcomes first: until written, their claims hold the lane's head.
+        await self._sent_written()
 
-        return await self._run(work, transaction=True)
+        async def work(c: Any) -> Claim:
+            # A claim is a lease, bookkeeping: a server crash that loses it lets it be taken
+            # again (at least once), so it need not wait for the server's log to be synced.
+            # Three round trips: begin, read and lock, write and commit.
+            await c.execute("BEGIN; SET LOCAL synchronous_commit = off")
+            try:
+                claim = self._take(destination, now, await c.fetch(_CLAIM, destination, limit))
+                ids = ",".join(str(d.id) for d in claim.deliveries)
+                hold = (
+                    f"UPDATE deliveries SET claimed_until = {float(now + lease)!r}"
+                    f" WHERE id = ANY('{{{ids}}}'::bigint[]);"
+                    if ids
+                    else ""
+                )
+                await c.execute(f"{hold} COMMIT")
+                return claim
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if c.is_in_transaction():
+                        await c.execute("ROLLBACK")
+                raise
+
+        return await self._run(work)
+
+    def _take(self, destination: str, now: float, rows: list[Any]) -> Claim:
+        """The deliveries at the head of the lane that are due, in order."""
+        taken: list[Delivery] = []
+        next_due = None
+        for row in rows:
+            id_ = row["head_id"]
+            if id_ in self._unwritten:
+                continue  # sent; its outcome is on its way to the database
+            if row["id"] is None:
+                break  # another transaction holds the head: keep the lane in order
+            claimed_until = row["claimed_until"]
+            if claimed_until is not None and claimed_until > now:
+                break  # another claim holds it
+            due = float(row["next_attempt_at"])
+            if due > now:
+                next_due = due if not taken else None
+                break
+            taken.append(
+                Delivery(
+                    int(id_),
+                    int(row["event_id"]),
+                    destination,
+                    int(row["attempts"]),
+                    float(row["created_at"]),
+                    bytes(row["body"]),
+                    str(row["factory"]),
+                    int(row["build_id"]),
+                    str(row["trigger"]),
+                    stored_transition(row["transition"]),
+                    tuple(json.loads(row["mentions"])) if row["mentions"] else (),
+                    str(row["key"]),
+                )
+            )
+        return Claim(taken, next_due)
 
     async def release(self, ids: list[int]) -> None:
         if ids:
@@ -153,6 +206,43 @@ class PostgresLanes(PostgresPool):
 
     async def mark_sent(self, delivery_id: int, now: float) -> None:
         await self._finish(delivery_id, "sent", now, None, now)
+
+    def note_sent(self, delivery_id: int, now: float) -> None:
+        """Queue the outcome `sent`; one statement writes all those queued meanwhile."""
+        self._sent.append((delivery_id, now))
+        self._unwritten.add(delivery_id)
+        if self._sent_writer is None or self._sent_writer.done():
+            self._sent_writer = asyncio.create_task(self._write_sent(), name="sent outcomes")
+
+    async def _write_sent(self) -> None:
+        """Write the queued sent outcomes, batch after batch, until none is left; a batch
+        that fails is tried again after a pause (its deliveries stay claimed meanwhile)."""
+        while self._sent:
+            batch, self._sent = self._sent, []
+
+            try:
+                await self._run(functools.partial(_mark_sent, batch=batch))
+                self._unwritten.difference_update(delivery_id for delivery_id, _ in batch)
+            except Exception as exc:
+                self._sent[:0] = batch
+                log.warning(
+                    "could not record %d sent deliveries, trying again: %s", len(batch), exc
+                )
+                if self._pool is None:
+                    return
+                await asyncio.sleep(SENT_RETRY)
+
+    async def _sent_written(self) -> None:
+        """Wait for the sent outcomes noted so far to be written (or to fail once)."""
+        writer = self._sent_writer
+        if writer is not None and not writer.done():
+            await asyncio.wait({writer}, timeout=SENT_WAIT)
+
+    async def _before_close(self) -> None:
+        writer = self._sent_writer
+        if writer is not None and not writer.done():
+            await asyncio.wait({writer}, timeout=SENT_WAIT)
+            writer.cancel()
 
     async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None:
         await self._finish(delivery_id, "pending", at, error, now)

@@ -99,6 +99,11 @@ class PostgresPool:
         self.pool_size = pool_size
         self._pool: Any = None
         self._lanes = _LaneLocks(url, self.where)
+        # Sent outcomes noted by the lanes and the task writing them (postgres_lanes).
+        self._sent: list[tuple[int, float]] = []
+        # Deliveries noted sent whose outcome is not written yet: a claim passes over them.
+        self._unwritten: set[int] = set()
+        self._sent_writer: asyncio.Task[None] | None = None
 
     async def open(self, *, serving: bool) -> None:
         size = self.pool_size if serving else 1
@@ -126,7 +131,12 @@ class PostgresPool:
             await self.close()
             raise pg_unavailable(f"cannot open the PostgreSQL store {self.where}", exc) from None
 
+    async def _before_close(self) -> None:
+        """What must be written before the pool closes (the lanes' outcomes)."""
+
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._before_close()
         await self._lanes.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None

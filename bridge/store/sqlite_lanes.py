@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.store.records import Claim, Delivery, State
+from bridge.store.records import Claim, Delivery, State, StoreUnavailable
 from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
 from bridge.transitions import (
     Transition,
 )
+
+log = logging.getLogger("bridge.store")
+SENT_RETRY = 1.0  # seconds before sent outcomes that could not be written are tried again
+# How long a sent outcome waits for others to share its write: a few sends of a busy lane,
+# far less than a send to a chat over a network (a crash resends at most these).
+SENT_GATHER = 0.002
+
+
+def _restore(claims: dict[int, float], before: dict[int, float | None]) -> None:
+    for delivery_id, until in before.items():
+        if until is None:
+            claims.pop(delivery_id, None)
+        else:
+            claims[delivery_id] = until
 
 
 class SqliteLanes(SqliteWriter):
@@ -22,10 +38,13 @@ class SqliteLanes(SqliteWriter):
         return None
 
     async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+        # The lane's sent outcomes go first: a claim must see them written.
+        self._flush_sent()
+
         def work(c: sqlite3.Connection) -> Claim:
             rows = c.execute(
                 "SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at,"
-                " d.claimed_until, e.body, e.factory, e.build_id, e.trigger, e.transition,"
+                " e.body, e.factory, e.build_id, e.trigger, e.transition,"
                 " d.mentions, e.key"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
@@ -33,8 +52,10 @@ class SqliteLanes(SqliteWriter):
             ).fetchall()
             taken: list[Delivery] = []
             next_due = None
-            for id_, event_id, attempts, created_at, due, claimed_until, *event in rows:
-                if claimed_until is not None and claimed_until > now:
+            for id_, event_id, attempts, created_at, due, *event in rows:
+                if id_ in self._unwritten:
+                    continue  # sent; its outcome is on its way to the file
+                if self._claims.get(id_, now) > now:
                     break  # another claim holds the head: keep the lane in order
                 if due > now:
                     next_due = due if not taken else None
@@ -56,35 +77,107 @@ class SqliteLanes(SqliteWriter):
                         event_key,
                     )
                 )
-            c.executemany(
-                "UPDATE deliveries SET claimed_until = ? WHERE id = ?",
-                [(now + lease, d.id) for d in taken],
-            )
+            self._hold([d.id for d in taken], now + lease)
             return Claim(taken, next_due)
 
         return await self._call(work)
 
     async def release(self, ids: list[int]) -> None:
-        await self._call(
-            lambda c: c.executemany(
-                "UPDATE deliveries SET claimed_until = NULL WHERE id = ?", [(i,) for i in ids]
-            )
-        )
+        self._flush_sent()
+        await self._call(lambda c: self._let_go(ids))
+
+    # -- claims, in memory (on the writer thread) ----------------------------
+
+    def _hold(self, ids: list[int], until: float) -> None:
+        before = {i: self._claims.get(i) for i in ids}
+        self._claims.update(dict.fromkeys(ids, until))
+        self._undo.append(lambda: _restore(self._claims, before))
+
+    def _let_go(self, ids: list[int]) -> None:
+        before = {i: self._claims.get(i) for i in ids}
+        for i in ids:
+            self._claims.pop(i, None)
+        self._undo.append(lambda: _restore(self._claims, before))
+
+    # -- outcomes ------------------------------------------------------------
 
     async def _finish(
         self, delivery_id: int, state: State, at: float, error: str | None, now: float
     ) -> None:
-        await self._call(
-            lambda c: c.execute(
+        self._flush_sent()
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-                " last_error = coalesce(?, last_error), updated_at = ?, claimed_until = NULL"
-                " WHERE id = ?",
+                " last_error = coalesce(?, last_error), updated_at = ? WHERE id = ?",
                 (state, at, error, now, delivery_id),
             )
-        )
+            self._let_go([delivery_id])
+
+        await self._call(work)
 
     async def mark_sent(self, delivery_id: int, now: float) -> None:
         await self._finish(delivery_id, "sent", now, None, now)
+
+    def note_sent(self, delivery_id: int, now: float) -> None:
+        """Queue the outcome `sent`, written in a batch with the others queued meanwhile;
+        the delivery stays claimed until it is written."""
+        self._sent.append((delivery_id, now))
+        self._unwritten.add(delivery_id)
+        if len(self._sent) == 1 and self._loop is not None:
+            self._loop.call_later(SENT_GATHER, self._flush_sent)
+
+    def _flush_sent(self) -> None:
+        """Queue one writer job for the sent outcomes noted so far (none: nothing)."""
+        batch, self._sent = self._sent, []
+        if not batch:
+            return
+
+        def work(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE deliveries SET state = 'sent', attempts = attempts + 1,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(now, now, delivery_id) for delivery_id, now in batch],
+            )
+            self._let_go([delivery_id for delivery_id, _ in batch])
+
+        try:
+            written = self._submit(work)
+        except StoreUnavailable as exc:
+            self._sent_failed(batch, exc)
+            return
+        written.add_done_callback(lambda done: self._sent_written(batch, done))
+        self._sent_writes.add(written)
+
+    def _sent_written(self, batch: list[tuple[int, float]], done: asyncio.Future[None]) -> None:
+        self._sent_writes.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            self._sent_failed(batch, None if done.cancelled() else done.exception())
+        else:
+            self._unwritten.difference_update(delivery_id for delivery_id, _ in batch)
+
+    def _sent_failed(self, batch: list[tuple[int, float]], exc: BaseException | None) -> None:
+        """Not written: try again shortly; meanwhile the deliveries stay claimed, so this
+        process sends none of them again (a crash before they are written may)."""
+        log.warning("could not record %d sent deliveries, trying again: %s", len(batch), exc)
+        if self._loop is None or self._closing:
+            return
+        self._loop.call_later(SENT_RETRY, self._requeue_sent, batch)
+
+    def _requeue_sent(self, batch: list[tuple[int, float]]) -> None:
+        if self._closing:
+            return
+        self._sent[:0] = batch
+        self._flush_sent()
+
+    async def _before_close(self) -> None:
+        await self._write_sent_now()
+
+    async def _write_sent_now(self) -> None:
+        """Write every sent outcome noted (before closing): wait for them, failed or not."""
+        self._flush_sent()
+        if self._sent_writes:
+            await asyncio.wait(set(self._sent_writes))
 
     async def mark_retry(self, delivery_id: int, at: float, error: str, now: float) -> None:
         await self._finish(delivery_id, "pending", at, error, now)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.store.records import StoreUnavailable, unavailable
+from bridge.store.sqlite_checkpoint import Checkpointer
 from bridge.store.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -23,6 +24,8 @@ Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
 
 # Enough to amortise one fsync over a burst, small enough to keep each commit short.
 MAX_BATCH = 512
+# An in-memory change a job made, undone when its writes are rolled back.
+Undo = Callable[[], None]
 LOWEST, HIGHEST = -(2**63), 2**63 - 1
 
 
@@ -36,11 +39,24 @@ class SqliteWriter:
         self._lock_file: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._synchronous = "FULL"  # the connection's setting, switched per batch
+        # Claimed deliveries (id -> claimed until): only this process serves the file, so
+        # claims live in memory, read and changed by jobs on the writer thread alone.
+        self._claims: dict[int, float] = {}
+        # What the jobs of the running batch changed in memory, to undo on a rollback.
+        self._undo: list[Undo] = []
+        # Sent outcomes noted by the lanes, not yet queued for the writer (sqlite_lanes).
+        self._sent: list[tuple[int, float]] = []
+        # Deliveries noted sent whose outcome is not written yet: a claim passes over them.
+        self._unwritten: set[int] = set()
+        self._sent_writes: set[asyncio.Future[None]] = set()
+        self._closing = False
+        self._checkpointer: Checkpointer | None = None
 
     # -- the writer thread --------------------------------------------------
 
     async def open(self, *, serving: bool) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closing = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if serving:
@@ -51,6 +67,8 @@ class SqliteWriter:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             self._synchronous = "FULL"
+            if serving:  # its own thread checkpoints (see sqlite_checkpoint)
+                connection.execute("PRAGMA wal_autocheckpoint=0")
             migrate(connection)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
@@ -59,11 +77,24 @@ class SqliteWriter:
         )
         self._thread.start()
         if serving:
-            # We hold the lock: no other process serves from this file, so every
-            # claim left in it belongs to a process that is gone.
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.start()
+        self._claims, self._sent, self._unwritten = {}, [], set()
+        if serving:
+            # We hold the lock: no other process serves from this file, so claims live in
+            # this process's memory; a claim stored by a version before that is void.
             await self._call(lambda c: c.execute("UPDATE deliveries SET claimed_until = NULL"))
 
+    async def _before_close(self) -> None:
+        """What must reach the writer before it stops (the lanes' outcomes)."""
+
     async def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            await self._before_close()
+        self._closing = True
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -73,13 +104,19 @@ class SqliteWriter:
             self._lock_file = None
 
     def _run(self, connection: sqlite3.Connection) -> None:
+        """Take the jobs waiting; commit the bookkeeping ones, then the durable ones.
+
+        Two batches, so that neither kind waits for the other: the lanes' claims and
+        outcomes never ride (and wait for) the intake's fsync, and an intake batch waits at
+        most for one bookkeeping commit, which syncs nothing.
+        """
         while True:
             first = self._jobs.get()
             if first is None:
                 break
-            batch = [first]
+            waiting = [first]
             stop = False
-            while len(batch) < MAX_BATCH:
+            while len(waiting) < 2 * MAX_BATCH:
                 try:
                     job = self._jobs.get_nowait()
                 except queue.Empty:
@@ -87,15 +124,25 @@ class SqliteWriter:
                 if job is None:
                     stop = True
                     break
-                batch.append(job)
-            self._run_batch(connection, batch)
+                waiting.append(job)
+            bookkeeping = [job for job in waiting if not job[2]]
+            durable = [job for job in waiting if job[2]]
+            for batch in (bookkeeping, durable):
+                if batch:
+                    self._run_batch(connection, batch)
             if stop:
                 break
         connection.close()
 
+    def _forget(self, mark: int) -> None:
+        """Undo the in-memory changes made since `mark` (newest first)."""
+        while len(self._undo) > mark:
+            self._undo.pop()()
+
     def _run_batch(self, connection: sqlite3.Connection, batch: list[Job]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+        self._undo = []
         try:
             if connection.in_transaction:  # a batch before could not even roll back
                 connection.execute("ROLLBACK")
@@ -105,10 +152,12 @@ class SqliteWriter:
             connection.execute("BEGIN IMMEDIATE")
             for work, future, _ in batch:
                 connection.execute("SAVEPOINT job")
+                mark = len(self._undo)
                 try:
                     result = work(connection)
                 except Exception as exc:
                     connection.execute("ROLLBACK TO job")
+                    self._forget(mark)
                     results.append((future, None, sqlite_unavailable("store error", exc)))
                 else:
                     results.append((future, result, None))
@@ -120,6 +169,7 @@ class SqliteWriter:
             with contextlib.suppress(sqlite3.Error):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
+            self._forget(0)
             failure = sqlite_unavailable("store write failed", exc)
             results = [(future, None, failure) for _, future, _ in batch]
         assert self._loop is not None
@@ -127,13 +177,19 @@ class SqliteWriter:
 
     async def _call(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         """Run `work` in the writer thread; `durable`: answer only once it is on disk."""
+        return await self._submit(work, durable=durable)
+
+    def _submit(
+        self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue `work` for the writer thread now (jobs of a kind run in the order queued)."""
         if self._thread is None or self._loop is None:
             raise StoreUnavailable("store is not open")
         if not self._thread.is_alive():
             raise StoreUnavailable("the store's writer thread has stopped")
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((work, future, durable))
-        return await future
+        return future
 
     # -- the store interface --------------------------------------------------
 
