@@ -337,12 +337,15 @@ def test_a_long_multi_line_reason_shows_only_its_first_line_shortened() -> None:
     summary = slack["blocks"][1]["text"]["text"]
     console = render(CONSOLE, build)
     assert isinstance(console, str)
-    for text in (json.dumps(document), summary, console):
+    # The console's reason line is the first line; the whole reason follows it (issue 11).
+    [console_reason] = [line for line in console.splitlines() if line.startswith("  reason:")]
+    assert "more details here" in console
+    for text in (json.dumps(document), summary, console_reason):
         assert "Signed-off-by" not in text
         assert "more details here" not in text
         assert "at the end" not in text
     assert shown_first in summary
-    assert shown_first in console
+    assert shown_first in console_reason
     # Slack and Matrix also show the whole reason, folded: a block of its own, <details>.
     [whole] = [t for t in mrkdwn_texts(slack) if t.startswith("```")]
     assert "Signed-off-by: Someone &lt;someone@example.com&gt;\n\nmore details here" in whole
