@@ -6,7 +6,6 @@ field holding a line break or a terminal escape cannot forge or hide a line.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sys
@@ -53,19 +52,22 @@ def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 class HumanFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then any traceback. Only the message and the
+    traceback can hold a secret; the message is redacted before it is escaped and cut,
+    which could split one."""
+
     def __init__(self, redact: Redactor) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__()
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.redact(super().format(record))
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # Redact before escaping and cutting, which could split a secret; a copy, since
-        # other handlers (pytest's) format the same record.
-        record = copy.copy(record)
-        record.message = one_line(bounded(self.redact(record.message)))
-        return super().formatMessage(record)
+        message = one_line(bounded(self.redact(record.getMessage())))
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        if record.exc_info:
+            line += "\n" + self.redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            line += "\n" + self.redact(self.formatStack(record.stack_info))
+        return line
 
 
 class JsonFormatter(logging.Formatter):

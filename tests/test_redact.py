@@ -11,6 +11,8 @@ import textwrap
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.redact import Redactor
 from tests.serve import REPO_ROOT
@@ -167,3 +169,28 @@ def test_redaction_takes_time_linear_in_the_text() -> None:
         assert large < 2.0, (unit, large)
         # Linear: about 10; quadratic: about 100. Tiny times are all noise: a floor.
         assert large < 40 * max(small, 0.002), (unit, small, large)
+
+
+SECRET_FORMS = [URL, TOKEN, WEBHOOK_SECRET, quote(URL, safe=""), json.dumps(URL)[1:-1]]
+
+
+def _prefix_of(secret: str) -> st.SearchStrategy[str]:
+    return st.integers(MIN_CUT_PREFIX - 2, len(secret)).map(lambda kept: secret[:kept])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(SECRET_FORMS).flatmap(_prefix_of),
+            st.sampled_from(["…", "...", " ", "\n", '"', "/", "https://"]),
+            st.text(max_size=8),
+        ),
+        max_size=8,
+    )
+)
+def test_a_line_without_a_secret_s_first_characters_is_redacted_alike(pieces: list[str]) -> None:
+    # The quick check (no secret's first characters in the text) changes no result.
+    redact = Redactor([URL, f"Bearer {TOKEN}", WEBHOOK_SECRET])
+    text = "".join(pieces)
+    assert redact(text) == redact.every_secret(text)
