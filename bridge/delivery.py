@@ -81,6 +81,8 @@ class Lane:
         self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
         self.digester = Digester(self.settings, self.template, self.events.get)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
+        # Checked once: a runtime Protocol check costs as much as a small render.
+        self.threaded = self.chat if isinstance(self.chat, ThreadedChat) else None
 
     @property
     def name(self) -> str:
@@ -183,11 +185,11 @@ class Lane:
             return Failed(f"unexpected error: {describe_exception(exc)}", code="unexpected")
 
     async def _render_and_send(self, delivery: Delivery) -> Outcome:
-        if isinstance(self.chat, ThreadedChat) and delivery.transition is not None:
+        if self.threaded is not None and delivery.transition is not None:
             # No route sends this trigger here any more (a replay): a plain message.
             notify = notify_for(self.routes, self.name, delivery.factory, delivery.trigger)
             if notify:
-                return await self._threaded(self.chat, delivery, wanted_roles(notify))
+                return await self._threaded(self.threaded, delivery, wanted_roles(notify))
         try:
             rendered = await self._render_delivery(delivery)
         except (TemplateError, NotABuild) as exc:

@@ -56,9 +56,13 @@ def _json_value(value: Any) -> str:
     return _to_json(value)
 
 
+# Made once: json.dumps with options builds an encoder per call, and a template calls
+# this for every value it prints.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _to_json(value: Any) -> str:
-    text: str = json.dumps(value, ensure_ascii=False, default=str)
-    return text
+    return _ENCODER.encode(value)
 
 
 def mrkdwn(text: Any) -> str:
