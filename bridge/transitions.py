@@ -153,7 +153,9 @@ def transition(build_id: int, status: str, before: History) -> Transition:
                 **later,
             )
         passed_before = previous_status == "PASSED"
-        if passed_before:
+        if passed_before and previous == build_id:  # this very build passed, then a re-run
+            summary = f"Failed when re-run (it had passed){since}"
+        elif passed_before:
             summary = f"New failure after #{previous} passed{since}"
         else:
             summary = since.removeprefix("; ") or "Failed"

@@ -331,6 +331,25 @@ async def test_a_rerun_failing_again_is_announced_as_its_build_was(
     )
 
 
+async def test_a_rerun_failing_after_its_build_passed_says_so(
+    aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
+) -> None:
+    client = await aiohttp_client(create_app(policy_config(tmp_path, fake_chat)))
+    await announce(client, fake_chat, build_body(41, "PASSED"))
+    await announce(
+        client, fake_chat, build_body(42, "PASSED", completed="2021-07-27T09:00:00+00:00")
+    )
+
+    rerun = await announce(client, fake_chat, build_body(42, completed="2021-07-27T10:00:00+00:00"))
+
+    # Not "New failure after #42 passed": #42 is this build.
+    assert notes(rerun) == {
+        "first": "Failed when re-run (it had passed)",
+        "failed": "Failed when re-run (it had passed)",
+        "changes": "Failed when re-run (it had passed)",
+    }
+
+
 async def test_the_original_run_arriving_after_its_rerun_does_not_undo_it(
     aiohttp_client: ClientFactory, fake_chat: FakeChat, tmp_path: Path
 ) -> None:
