@@ -92,15 +92,31 @@ def clean(text: str, multiline: bool = False) -> str:
     return _CONTROL.sub("", text)
 
 
+_NESTED = (dict, list, tuple, str)
+
+
 def clean_data(value: Any, multiline: frozenset[str] = frozenset(), key: str = "") -> Any:
     """`value` (JSON-like data) with every string `clean`ed; the strings under a key in
     `multiline` keep their line breaks."""
+    # Every build's facts are hundreds of values: the plain ones are handled inline, not
+    # with a call each.
     if isinstance(value, str):
         return clean(value, key in multiline)
     if isinstance(value, dict):
-        return {clean(str(k)): clean_data(v, multiline, str(k)) for k, v in value.items()}
+        cleaned = {}
+        for k, item in value.items():
+            name = str(k)
+            if type(item) is str and item.isprintable():
+                pass
+            elif isinstance(item, _NESTED):
+                item = clean_data(item, multiline, name)
+            cleaned[clean(name)] = item
+        return cleaned
     if isinstance(value, list | tuple):
-        return [clean_data(item, multiline, key) for item in value]
+        return [
+            clean_data(item, multiline, key) if isinstance(item, _NESTED) else item
+            for item in value
+        ]
     return value
 
 

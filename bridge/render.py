@@ -317,6 +317,8 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
             tests_unavailable=found.unavailable if found else False,
         )
         runs.append(data)
+    # Cleaned once: each run is in `runs` and in one of the lists below.
+    runs = clean_data(runs, MULTILINE_FIELDS)
     failed = [r for r in runs if r["status"] == "FAILED"]
     passed = [r for r in runs if r["status"] == "PASSED"]
     other = [r for r in runs if r["status"] not in ("FAILED", "PASSED")]
@@ -331,11 +333,7 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         "status": build.status,
         "failed": build.status == "FAILED",
         "passed": build.status == "PASSED",
-        "runs": runs,
-        "failed_runs": failed,
         "more_failed": 0,
-        "passed_runs": passed,
-        "other_runs": other,
         "counts": {
             "runs": len(runs),
             "failed": len(failed),
@@ -355,6 +353,7 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         "reason_full": reason_full,
     }
     cleaned: dict[str, Any] = clean_data(facts, MULTILINE_FIELDS)
+    cleaned.update(runs=runs, failed_runs=failed, passed_runs=passed, other_runs=other)
     return cleaned
 
 

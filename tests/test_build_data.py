@@ -16,9 +16,13 @@ from typing import Any, Literal
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from bridge.failed_tests import FailedTest, RunTests
 from bridge.jobserv import parse_build
+from bridge.markup import clean, clean_data
 from bridge.render import build_context, context, default_template
 from bridge.server import RUNTIME, create_app
 from bridge.store import Store
@@ -160,3 +164,32 @@ def test_failed_tests_names_and_results_are_clean_in_every_template() -> None:
         )
         for text in strings(body):
             assert_clean(text)
+
+
+def _cleaned_one_by_one(value: Any, multiline: frozenset[str], key: str = "") -> Any:
+    """What `clean_data` is: `clean` applied to every key and string, walked naively."""
+    if isinstance(value, str):
+        return clean(value, key in multiline)
+    if isinstance(value, dict):
+        return {clean(str(k)): _cleaned_one_by_one(v, multiline, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cleaned_one_by_one(item, multiline, key) for item in value]
+    return value
+
+
+_TEXT = st.text(alphabet=st.sampled_from("ab \n\r\t\x1b[31m\x07\u202e\u0085é"), max_size=6)
+_DATA = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _TEXT),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(_TEXT, st.sampled_from(["reason", "name"])), inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(_DATA)
+def test_build_data_is_cleaned_in_every_string_and_key(value: Any) -> None:
+    multiline = frozenset({"reason"})
+    assert clean_data(value, multiline) == _cleaned_one_by_one(value, multiline)
