@@ -153,13 +153,17 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 async def _serve_until_signalled(config: Config, redact: Redactor) -> None:
     """Serve until SIGTERM or SIGINT; then stop taking requests and finish those in flight."""
     from bridge.listener import listening
-    from bridge.server import create_app
+    from bridge.server import RUNTIME, create_app
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with listening(create_app(config, redact), config.server) as runner:
+    app = create_app(config, redact)
+    refusals = app[RUNTIME].metrics.refused
+    async with listening(
+        app, config.server, lambda status: refusals.labels(status).inc()
+    ) as runner:
         port = runner.addresses[0][1]  # the one bound, when the config asks for any (0)
         logging.getLogger("bridge").info(
             "jobserv-bridge %s listening on http://%s:%d/webhook",

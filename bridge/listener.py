@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -68,6 +68,7 @@ class _Protocol(web.RequestHandler):
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(BUSY_ANSWER)
         transport.close()
+        self.server.refused(HTTPStatus.SERVICE_UNAVAILABLE)
 
     def handle_error(
         self,
@@ -93,13 +94,20 @@ class _Protocol(web.RequestHandler):
             raise ConnectionError("an answer was already begun; the connection is closed")
         response = web.json_response({"error": reason}, status=status)
         response.force_close()
+        self.server.refused(status)
         return response
 
 
 class _Server(web.Server):
     """aiohttp's server, making `_Protocol`s and serving `max_connections` at most."""
 
-    def __init__(self, made: web.Server, max_connections: int, **handler_args: Any) -> None:
+    def __init__(
+        self,
+        made: web.Server,
+        max_connections: int,
+        refused: Callable[[int], None],
+        **handler_args: Any,
+    ) -> None:
         super().__init__(
             made.request_handler,
             request_factory=made.request_factory,
@@ -107,6 +115,7 @@ class _Server(web.Server):
             **handler_args,
         )
         self.max_connections = max_connections
+        self.refused = refused  # counts a refusal, by status
         self._full = False
 
     def __call__(self) -> web.RequestHandler:
@@ -129,15 +138,22 @@ class _Server(web.Server):
 class Runner(web.AppRunner):
     """An AppRunner for the bridge's app with its `[server]` limits."""
 
-    def __init__(self, app: web.Application, settings: ServerConfig) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        settings: ServerConfig,
+        refused: Callable[[int], None] = lambda status: None,
+    ) -> None:
         super().__init__(app, shutdown_timeout=settings.shutdown_timeout, access_log=None)
         self.settings = settings
+        self.refused = refused
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app started, with its handler and factory
         return _Server(
             made,
             self.settings.max_connections,
+            self.refused,
             keepalive_timeout=self.settings.read_timeout,
             lingering_time=min(LINGER, self.settings.read_timeout),
             # The webhook's signature is over the body as sent: it is never decompressed.
@@ -147,9 +163,14 @@ class Runner(web.AppRunner):
 
 
 @asynccontextmanager
-async def listening(app: web.Application, settings: ServerConfig) -> AsyncIterator[Runner]:
-    """Serve `app` on `[server] host:port` (port 0: any free one) until the block ends."""
-    runner = Runner(app, settings)
+async def listening(
+    app: web.Application,
+    settings: ServerConfig,
+    refused: Callable[[int], None] = lambda status: None,
+) -> AsyncIterator[Runner]:
+    """Serve `app` on `[server] host:port` (port 0: any free one) until the block ends;
+    `refused(status)` is told of each request refused before any handler."""
+    runner = Runner(app, settings, refused)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

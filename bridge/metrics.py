@@ -19,8 +19,15 @@ class Metrics:
         r = self.registry
         self.webhooks = Counter(
             "jobserv_bridge_webhooks_received",
-            "Webhooks received, by outcome (accepted, duplicate, 400, 401, 403, 413, 503).",
+            "Webhooks received, by outcome (accepted, duplicate, 400, 401, 403, 408, 413, 503).",
             ["outcome"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "jobserv_bridge_requests_refused",
+            "Requests refused before any handler, by status: malformed or over the header"
+            " limits (400, 431), an unknown Expect (417), past max_connections (503).",
+            ["status"],
             registry=r,
         )
         self.deliveries = Counter(

@@ -229,6 +229,7 @@ async def expectation(request: web.Request) -> web.Response | None:
     if request.version != aiohttp.HttpVersion11:
         return None
     if expect.lower() != "100-continue":
+        request.app[RUNTIME].metrics.refused.labels("417").inc()
         return _error(417, f"unknown Expect: {expect[:40]!r}")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp: the answer itself has not begun

@@ -121,6 +121,18 @@ def post(body: bytes, headers: dict[str, str], path: str = "/webhook") -> bytes:
     return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
 
 
+async def refusals(bridge: BridgeProcess, status: int) -> float:
+    """`jobserv_bridge_requests_refused_total` of `status`, scraped from /metrics."""
+    scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await exchange(bridge.port, scrape)
+    assert answer.status == 200, answer
+    wanted = f'jobserv_bridge_requests_refused_total{{status="{status}"}} '
+    for line in answer.body.decode().splitlines():
+        if line.startswith(wanted):
+            return float(line.removeprefix(wanted))
+    return 0.0
+
+
 def log_lines(bridge: BridgeProcess, part: str) -> list[str]:
     return [line for line in bridge.stderr().splitlines() if part in line]
 
@@ -209,6 +221,7 @@ async def test_requests_the_parser_refuses_are_answered_in_json_and_logged_in_a_
     lines = await wait_for_log(bridge, "refused a malformed request from 127.0.0.1", len(MALFORMED))
     assert all(" INFO " in line for line in lines), lines
     assert len(lines) == len(MALFORMED), lines
+    assert await refusals(bridge, 400) == len(MALFORMED)
     assert_quiet_log(bridge)
 
 
@@ -219,6 +232,7 @@ async def test_an_unknown_expectation_is_a_json_417_and_100_continue_still_works
     answer = await exchange(bridge.port, post(b"{}", {"Expect": "something-else"}))
     assert answer.status == 417
     assert "something-else" in answer.error()
+    assert await refusals(bridge, 417) == 1
 
     body = event_body(1)
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
@@ -373,7 +387,7 @@ async def test_connections_past_the_cap_are_refused_at_once_and_the_served_ones_
         except ConnectionResetError:
             pass
         writer.close()
-    # One warning for the crowd, not one a connection.
+    # One warning for the crowd, not one a connection; each refusal is counted.
     assert len(log_lines(bridge, "refusing more until some close")) == warned + 1
 
     # A served connection goes on: it posts a webhook on its kept-alive connection.
@@ -386,6 +400,7 @@ async def test_connections_past_the_cap_are_refused_at_once_and_the_served_ones_
     for _, other in streams[1:]:
         other.close()
     assert (await served_connection()) is not None  # room again
+    assert await refusals(bridge, 503) >= 10
     assert_quiet_log(bridge)
 
 
