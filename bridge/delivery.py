@@ -165,7 +165,8 @@ class Lane:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):  # no task of its own, as wait_for makes
+                await self.wakeup.wait()
         self.wakeup.clear()
 
     async def deliver(self, delivery: Delivery) -> Outcome:
