@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -305,7 +306,35 @@ class Bench:
 
     # -- 3. draining a backlog ----------------------------------------------------
 
+    def floor_sender(self, requests: int, senders: int) -> tuple[float, float]:
+        """The least a delivery costs here (bench/floor_sender.py): requests/s, µs CPU each."""
+        chat_port = free_port()
+        with fake_chat(chat_port, self.workdir):
+            found = subprocess.run(
+                [
+                    *(sys.executable, "-m", "bench.floor_sender", "--port", str(chat_port)),
+                    *("--requests", str(requests), "--senders", str(senders)),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        sent = json.loads(found.stdout)
+        rate, cpu_us = sent["requests"] / sent["seconds"], sent["cpu"] / sent["requests"] * 1e6
+        self.report(
+            "drain",
+            f"floor sender: {requests:,} POSTs of the build to {senders} paths of a fake chat",
+            rate,
+            "requests/s",
+            None,
+            f"{cpu_us:.0f} µs CPU/request; aiohttp alone: no store, template, log or lane",
+        )
+        return rate, cpu_us
+
     def drain(self, deliveries: int = 10_000, destinations: int = 10) -> None:
+        floor_rate, floor_cpu_us = self.floor_sender(deliveries, destinations)
         store = self.store("drain")
         fill_backlog(store, deliveries // destinations, destinations)
         port, chat_port = free_port(), free_port()
@@ -330,6 +359,7 @@ class Bench:
         sent = count_rows(store, "deliveries", "state = 'sent'")
         count, first, last = stats["count"], stats["first"], stats["last"]
         rate = count / (last - first)
+        cpu_us = cpu.server * cpu.seconds / count * 1e6
         self.report(
             "drain",
             f"{deliveries:,} deliveries to {destinations} fake chats, first->last arrival",
@@ -338,7 +368,8 @@ class Bench:
             other_target(self.setting, ">= 3,000/s", lambda v: v >= 3000 and count >= deliveries),
             f"{count:,} received in {last - first:.2f} s ({sent:,} marked sent);"
             f" {count / (last - spawned):,.0f}/s counting serve's startup;"
-            f" {cpu.server * cpu.seconds / count * 1e6:.0f} µs CPU/delivery; {cpu.note()}",
+            f" {cpu_us:.0f} µs CPU/delivery; {cpu.note()}; against the floor sender:"
+            f" {rate / floor_rate:.2f}x its rate, {floor_cpu_us / cpu_us:.2f}x its CPU/request",
         )
 
     # -- 4. peak memory -------------------------------------------------------------
