@@ -96,6 +96,7 @@ class Lane:
                         await self._wait_for_lane()
                 except Exception as exc:
                     store_errors.failed(exc)
+                    await self.claims.drop()  # the lane may be another replica's by now
                     await self._sleep(self.config.poll_interval)
                 else:
                     store_errors.succeeded()

@@ -28,7 +28,8 @@ from tests.conftest import generic_destination as generic
 from tests.fakes.chat_server import FakeChat, Gate, Hang, Reply
 from tests.postgres import fresh_database
 from tests.test_delivery import build_body, build_ids, config_for, dispatching, wait_rows
-from tests.test_outcome_batches import eventually
+from tests.test_digest_serve import SLACK, numbers
+from tests.test_outcome_batches import eventually, write_lock_held
 from tests.test_store import LEASE
 
 QUEUED = CLAIM_BATCH + 8  # a full first batch and a second one behind it
@@ -179,3 +180,81 @@ async def test_a_stop_leaves_nothing_claimed_for_the_next_process(
             finally:
                 await second.close()
             assert build_ids(fake.requests_to("/a")) == [*FIRST_BATCH, *SECOND_BATCH]
+
+
+async def test_a_claim_passes_over_the_lanes_sends_in_flight_and_takes_what_is_behind(
+    outbox: Outbox,
+) -> None:
+    store = outbox.store
+    ids = await queue(store)
+    now = time.time()
+    batch = [d.id for d in (await store.claim("a", now, CLAIM_BATCH, LEASE)).deliveries]
+    assert batch == ids[:CLAIM_BATCH]
+    for sent in batch[:-1]:
+        store.note_sent(sent, now)
+    # The batch's last one is in flight: an ordinary claim stops at it (the lane's order) ...
+    assert (await store.claim("a", now, CLAIM_BATCH, LEASE)).deliveries == []
+    # ... a claim made ahead passes over it and takes up to its limit behind it, in order.
+    ahead = await store.claim("a", now, 5, LEASE, [batch[-1]])
+    assert [d.id for d in ahead.deliveries] == ids[CLAIM_BATCH : CLAIM_BATCH + 5]
+    rest = await store.claim("a", now, CLAIM_BATCH, LEASE, [batch[-1]])
+    assert rest.deliveries == []  # the one claimed ahead holds the head behind it
+
+
+async def test_a_lane_that_digests_under_a_rate_limit_does_not_claim_ahead(
+    store: SqliteStore, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # Such a lane waits for its rate limit before it claims, so that the claim gathers
+    # what came meanwhile into one digest; a claim made ahead would send those one by one.
+    for build_id in (1, 2, 3):
+        await accept_body(store, build_body(build_id), ["ci"])
+    opened = asyncio.Event()
+    async with FakeChat() as fake:
+        fake.script(SLACK, Gate(opened))
+        destination = f"""
+[[destinations]]
+name = "ci"
+type = "slack-webhook"
+url = "{fake.url(SLACK)}"
+timeout = "30s"
+rate_limit = 0.5
+burst = 1
+digest_max = 2
+"""
+        config = config_for(tmp_path, destination)
+        async with dispatching(config, store, session):
+            await fake.wait_for(1, path=SLACK)  # builds 1 and 2, in one digest
+            await accept_body(store, build_body(4), ["ci"])
+            opened.set()
+            await fake.wait_for(2, path=SLACK, timeout=PROMPTLY)  # build 3, two seconds on
+            # Build 5 comes while the lane waits for its rate limit: it goes with build 4.
+            await accept_body(store, build_body(5), ["ci"])
+            await wait_rows(store, "sent", 5, timeout=PROMPTLY)
+        assert [numbers(request) for request in fake.requests_to(SLACK)] == [[1, 2], [3], [4, 5]]
+
+
+async def test_a_claim_ahead_cut_short_by_a_reload_is_given_back_when_it_ends(
+    store: SqliteStore, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The claim ahead is still on the writer thread (another connection holds the write
+    # lock) when the lane is cancelled: whatever it takes must be given back once it ends.
+    await queue(store)
+    opened = asyncio.Event()
+    async with FakeChat() as fake:
+        fake.script("/a", *[Reply()] * (CLAIM_BATCH - 2), Gate(opened), Hang())
+        config = config_for(tmp_path, generic(fake, "a", timeout="30s"))
+        async with dispatching(config, store, session) as dispatcher:
+            await fake.wait_for(CLAIM_BATCH - 1, path="/a")
+            with write_lock_held(tmp_path / "outbox.sqlite3"):
+                opened.set()  # the lane goes on to its batch's last send, and claims ahead
+                await fake.wait_for(CLAIM_BATCH, path="/a")
+                old_lanes = list(dispatcher.tasks)
+                reloading = asyncio.ensure_future(
+                    dispatcher.reconfigure(config, chats_for(config, session), grace=0.2)
+                )
+                await asyncio.wait(old_lanes, timeout=PROMPTLY)
+                assert all(lane.done() for lane in old_lanes)
+            await reloading
+            await wait_rows(store, "sent", QUEUED, timeout=PROMPTLY)
+        hung = FIRST_BATCH[-1]
+        assert build_ids(fake.requests_to("/a")) == [*FIRST_BATCH, hung, *SECOND_BATCH]
