@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from bridge.chats import Body, Chat, DestinationSettings, ThreadedChat
+from bridge.claims import Claims
 from bridge.config import Config, DeliveryConfig, Route
 from bridge.digest import Attempt, Digester
 from bridge.failed_tests import FailedTestsFetcher, JobservConfig, RunTests
@@ -37,10 +38,6 @@ from bridge.text import describe_exception
 from bridge.threads import Draft, Reconcile
 
 log = logging.getLogger("bridge.delivery")
-
-CLAIM_BATCH = 32
-# A claim outlives any send (its timeout), so only a dead process loses one.
-LEASE_MARGIN = 60.0
 
 
 @dataclass
@@ -80,6 +77,7 @@ class Lane:
         )
         self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
         self.digester = Digester(self.settings, self.template, self.events.get)
+        self.claims = Claims(self.settings, self.store, self.digester.most)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
         # Checked once: a runtime Protocol check costs as much as a small render.
         self.threaded = self.chat if isinstance(self.chat, ThreadedChat) else None
@@ -96,13 +94,16 @@ class Lane:
                     if await self.owner.own():
                         await self._step()
                     else:
+                        await self.claims.drop()
                         await self._wait_for_lane()
                 except Exception as exc:
                     store_errors.failed(exc)
+                    await self.claims.drop()  # the lane may be another replica's by now
                     await self._sleep(self.config.poll_interval)
                 else:
                     store_errors.succeeded()
         finally:
+            await self.claims.drop()
             await self.owner.release()
 
     async def _wait_for_lane(self) -> None:
@@ -117,8 +118,7 @@ class Lane:
             # arrived meanwhile, to go as one digest. Nothing else ever waits to be grouped.
             await asyncio.sleep(wait)
         now = time.time()
-        lease = self.settings.timeout + LEASE_MARGIN
-        claim = await self.store.claim(self.name, now, CLAIM_BATCH, lease)
+        claim = await self.claims.next(now)
         if not claim.deliveries:
             wait = self.config.poll_interval
             if claim.next_due is not None:
@@ -129,15 +129,16 @@ class Lane:
         try:
             while done < len(due):
                 if self.stopping or not await self.owner.own():
-                    await self.store.release([d.id for d in due[done:]])
+                    await self.claims.release(due[done:])
                     return
+                self.claims.sending(due[done:])
                 held, unit = False, await self._attempt(due[done:])
                 now = time.time()  # one time for a digest's members: they retry together
                 for delivery, outcome, attempted in unit:
                     held = await self.recorder.conclude(delivery, outcome, attempted, now) or held
                     done += 1
-                if held:  # the head must wait: keep the rest behind it
-                    await self.store.release([d.id for d in due[done:]])
+                if held:  # the head must wait: keep the rest (and the next batch) behind it
+                    await self.claims.release(due[done:])
                     return
         except (asyncio.CancelledError, Exception):
             # Stopped past the grace (a reload, a shutdown), or the store failed: give the
@@ -145,7 +146,7 @@ class Lane:
             # lease (a minute) to run out. Briefly: a stuck store must not hold anything up.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
-                    await self.store.release([d.id for d in due[done:]])
+                    await self.claims.release(due[done:])
             raise
 
     async def _attempt(self, due: list[Delivery]) -> list[Attempt]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+from collections.abc import Collection
 from typing import Any
 
 from bridge.incidents import Key, Record, Seen, Window
@@ -121,9 +122,17 @@ class PostgresLanes(PostgresPool):
                 thread,
             )
 
-    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+    async def claim(
+        self,
+        destination: str,
+        now: float,
+        limit: int,
+        lease: float,
+        passing: Collection[int] = (),
+    ) -> Claim:
         # The lane's sent outcomes first: until written, their claims hold the lane's head.
         await self._sent_written()
+        passed = frozenset(passing)  # the lane's, in flight: not to be claimed, nor waited for
 
         async def work(c: Any) -> Claim:
             # A claim is a lease, bookkeeping: a server crash that loses it lets it be taken
@@ -131,7 +140,8 @@ class PostgresLanes(PostgresPool):
             # Three round trips: begin, read and lock, write and commit.
             await c.execute("BEGIN; SET LOCAL synchronous_commit = off")
             try:
-                claim = self._take(destination, now, await c.fetch(_CLAIM, destination, limit))
+                rows = await c.fetch(_CLAIM, destination, limit + len(passed))
+                claim = self._take(destination, now, rows, limit, passed)
                 ids = ",".join(str(d.id) for d in claim.deliveries)
                 hold = (
                     f"UPDATE deliveries SET claimed_until = {float(now + lease)!r}"
@@ -149,14 +159,18 @@ class PostgresLanes(PostgresPool):
 
         return await self._run(work)
 
-    def _take(self, destination: str, now: float, rows: list[Any]) -> Claim:
+    def _take(
+        self, destination: str, now: float, rows: list[Any], limit: int, passed: frozenset[int]
+    ) -> Claim:
         """The deliveries at the head of the lane that are due, in order."""
         taken: list[Delivery] = []
         next_due = None
         for row in rows:
             id_ = row["head_id"]
-            if id_ in self._unwritten:
-                continue  # sent; its outcome is on its way to the database
+            if id_ in self._unwritten or id_ in passed:
+                continue  # sent, its outcome on its way to the database; or being sent
+            if len(taken) == limit:
+                break
             if row["id"] is None:
                 break  # another transaction holds the head: keep the lane in order
             claimed_until = row["claimed_until"]

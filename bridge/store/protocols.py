@@ -4,6 +4,7 @@ implements all of them (`bridge.store.Store`); a caller is typed with the narrow
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from bridge.incidents import Key, Record, Window
@@ -119,7 +120,18 @@ class ThreadStore(AttentionReads, Protocol):
 
 
 class LaneStore(ThreadStore, Protocol):
-    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim: ...
+    async def claim(
+        self,
+        destination: str,
+        now: float,
+        limit: int,
+        lease: float,
+        passing: Collection[int] = (),
+    ) -> Claim:
+        """Claim up to `limit` due deliveries at the head of the lane, in order, until
+        `now + lease`. `passing`: deliveries the lane holds and is sending (a claim made
+        ahead): passed over like those whose `sent` is not yet written."""
+        ...
 
     async def release(self, ids: list[int]) -> None:
         """Give claimed deliveries back untouched (shutdown, or a lane that stopped early)."""

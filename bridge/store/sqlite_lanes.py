@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections.abc import Collection
 
 from bridge.incidents import Key, Record, Seen, Window
 from bridge.store.records import Claim, Delivery, State, StoreUnavailable
@@ -37,9 +38,17 @@ class SqliteLanes(SqliteWriter):
     async def release_lane(self, destination: str) -> None:
         return None
 
-    async def claim(self, destination: str, now: float, limit: int, lease: float) -> Claim:
+    async def claim(
+        self,
+        destination: str,
+        now: float,
+        limit: int,
+        lease: float,
+        passing: Collection[int] = (),
+    ) -> Claim:
         # The lane's sent outcomes go first: a claim must see them written.
         self._flush_sent()
+        passed = frozenset(passing)  # the lane's, in flight: not to be claimed, nor waited for
 
         def work(c: sqlite3.Connection) -> Claim:
             rows = c.execute(
@@ -48,13 +57,15 @@ class SqliteLanes(SqliteWriter):
                 " d.mentions, e.key"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.destination = ? AND d.state = 'pending' ORDER BY d.id LIMIT ?",
-                (destination, limit),
+                (destination, limit + len(passed)),
             ).fetchall()
             taken: list[Delivery] = []
             next_due = None
             for id_, event_id, attempts, created_at, due, *event in rows:
-                if id_ in self._unwritten:
-                    continue  # sent; its outcome is on its way to the file
+                if id_ in self._unwritten or id_ in passed:
+                    continue  # sent, its outcome on its way to the file; or being sent
+                if len(taken) == limit:
+                    break
                 if self._claims.get(id_, now) > now:
                     break  # another claim holds the head: keep the lane in order
                 if due > now:

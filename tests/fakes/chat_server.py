@@ -18,7 +18,7 @@ behaviours, consumed in order; when a path's queue is empty, the path's
 default (``default(path, b)``) or else the global default (``default(None, b)``,
 initially ``Reply(200, "ok")``) answers.
 
-Behaviours: Reply, Echo, Hang, Reset, Delay, SlackApiOk, SlackApiError, Stream, RateLimited.
+Behaviours: Reply, Echo, Hang, Reset, Delay, Gate, SlackApiOk, SlackApiError, Stream, RateLimited.
 
 ``RateLimited`` answers as a chat with a real rate limit does (Slack's incoming webhooks:
 about one message a second, short bursts allowed; past that, 429 with Retry-After).
@@ -46,6 +46,7 @@ __all__ = [
     "Delay",
     "Echo",
     "FakeChat",
+    "Gate",
     "Hang",
     "RateLimited",
     "RecordedRequest",
@@ -101,6 +102,15 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """Hold the request until the test sets ``opened``, then run the ``then`` behaviour
+    (released by FakeChat.stop() too, unanswered)."""
+
+    opened: asyncio.Event
+    then: Behaviour = field(default_factory=Reply)
+
+
+@dataclass(frozen=True)
 class SlackApiOk:
     """Slack Web API success: ``{"ok": true, "channel": ..., "ts": <unique>}``."""
 
@@ -142,7 +152,9 @@ class RateLimited:
     body: str = "rate_limited"
 
 
-Behaviour = Reply | Echo | Hang | Reset | Delay | SlackApiOk | SlackApiError | Stream | RateLimited
+Behaviour = (
+    Reply | Echo | Hang | Reset | Delay | Gate | SlackApiOk | SlackApiError | Stream | RateLimited
+)
 
 
 def slack_webhook_limit() -> RateLimited:
@@ -380,6 +392,10 @@ class FakeChat:
                 if await self._sleep_unless_stopped(seconds):
                     return await self._respond(then, request)
                 raise _Dropped
+            case Gate(opened=opened, then=then):
+                if await self._wait_unless_stopped(opened):
+                    return await self._respond(then, request)
+                raise _Dropped
             case Hang():
                 await self._stopping.wait()
                 raise _Dropped
@@ -417,6 +433,16 @@ class FakeChat:
         except TimeoutError:
             return True
         return False
+
+    async def _wait_unless_stopped(self, opened: asyncio.Event) -> bool:
+        """Wait until `opened` is set; return False early if the server is stopping."""
+        waits = {asyncio.ensure_future(opened.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return opened.is_set() and not self._stopping.is_set()
 
     def _take_token(self, path: str, rate: float, burst: int) -> float:
         """Take a token of `path`'s bucket: 0 when there was one, else how long until one."""
