@@ -160,10 +160,8 @@ async def _serve_until_signalled(config: Config, redact: Redactor) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(config, redact)
-    refusals = app[RUNTIME].metrics.refused
-    async with listening(
-        app, config.server, lambda status: refusals.labels(status).inc()
-    ) as runner:
+    refused = app[RUNTIME].metrics.refused
+    async with listening(app, config.server, lambda code: refused.labels(code).inc()) as runner:
         port = runner.addresses[0][1]  # the one bound, when the config asks for any (0)
         logging.getLogger("bridge").info(
             "jobserv-bridge %s listening on http://%s:%d/webhook",
