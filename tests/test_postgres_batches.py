@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from bridge.store import Accepted, NewEvent, StoreUnavailable
 from bridge.store.postgres import PostgresStore
+from bridge.store.postgres_pool import HISTORY_LOCK_CLASS
 from bridge.transitions import Transition
 from tests.conftest import plan
 from tests.postgres import fresh_database
@@ -257,31 +258,51 @@ async def test_a_caller_that_goes_away_leaves_the_batch_to_the_others(
     assert later.transition is not None and later.transition.failed_count == 11
 
 
+async def waiting_for_locks(connection: Any, count: int) -> None:
+    """Until `count` transactions wait for an advisory lock (30 s at most)."""
+    query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    deadline = time.monotonic() + 30
+    while await connection.fetchval(query) < count:
+        assert time.monotonic() < deadline, "the replicas never waited for the held lock"
+        await asyncio.sleep(0.02)
+
+
 async def test_replicas_batching_the_same_triggers_in_opposite_orders_never_deadlock(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     one, other = PostgresStore(postgres_url), PostgresStore(postgres_url)
     await asyncio.gather(one.open(serving=True), other.open(serving=True))
     triggers = [f"trigger-{n}" for n in range(8)]
+    holder = await asyncpg.connect(postgres_url)
     try:
         with caplog.at_level(logging.INFO, logger="bridge.store"):
-            for round_ in range(6):
+            for round_ in range(4):
                 builds = range(round_ * 4 + 1, round_ * 4 + 5)
                 forth = [new_event(t, (b, "FAILED", None)) for t in triggers for b in builds]
-                back = [
-                    new_event(t, (b, "FAILED", None)) for t in reversed(triggers) for b in builds
-                ]
-                results = await asyncio.gather(
+                back = [new_event(t, (b, "FAILED", None)) for t in triggers[::-1] for b in builds]
+                # One trigger's lock held meanwhile: both batches stop while taking theirs,
+                # each holding what it took before; then they race for the rest.
+                middle = ("andy-corp\n" + triggers[round_ + 2],)
+                await holder.execute(
+                    "SELECT pg_advisory_lock($1, hashtext($2))", HISTORY_LOCK_CLASS, *middle
+                )
+                batches = asyncio.gather(
                     *(one.accept(e, plan(["a"])) for e in forth),
                     *(other.accept(e, plan(["a"])) for e in back),
                 )
+                await waiting_for_locks(holder, 2)
+                await holder.execute(
+                    "SELECT pg_advisory_unlock($1, hashtext($2))", HISTORY_LOCK_CLASS, *middle
+                )
+                results = await batches
                 assert sum(not r.duplicate for r in results) == len(forth)
     finally:
+        await holder.close()
         await asyncio.gather(one.close(), other.close())
 
     # No batch was rolled back (a deadlock would have been, then retried one by one).
     assert not [r for r in caplog.records if "rolled back" in r.getMessage()]
     for trigger in triggers:
         history = await stored(postgres_url, trigger)
-        assert [b for b, _, _ in history["builds"]] == list(range(1, 25))
-        assert history["transactions"] <= 12  # batches, two replicas, six rounds
+        assert [b for b, _, _ in history["builds"]] == list(range(1, 17))
+        assert history["transactions"] <= 8  # batches: two replicas, four rounds
