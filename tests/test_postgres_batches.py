@@ -306,3 +306,28 @@ async def test_replicas_batching_the_same_triggers_in_opposite_orders_never_dead
         history = await stored(postgres_url, trigger)
         assert [b for b, _, _ in history["builds"]] == list(range(1, 17))
         assert history["transactions"] <= 8  # batches: two replicas, four rounds
+
+
+async def test_a_batch_whose_connection_is_lost_fails_each_caller_as_unavailable(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    builds = [new_event("t", (n, "FAILED", None)) for n in range(1, 6)]
+    holder = await asyncpg.connect(postgres_url)
+    lock = ("SELECT pg_advisory_lock($1, hashtext($2))", HISTORY_LOCK_CLASS, "andy-corp\nt")
+    try:
+        await holder.execute(*lock)
+        # All five go in one batch, which stops at the lock; then its connection is cut.
+        callers = asyncio.gather(
+            *(store.accept(e, plan(["a"])) for e in builds), return_exceptions=True
+        )
+        await waiting_for_locks(holder, 1)
+        await holder.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE NOT granted")
+        results = await asyncio.wait_for(callers, timeout=60)
+    finally:
+        await holder.close()
+
+    # Each caller is told (a 503 at intake), none waits for a retry behind the lock.
+    assert [type(r) for r in results] == [StoreUnavailable] * 5
+    assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0}
+    later = await store.accept(builds[0], plan(["a"]))
+    assert (later.duplicate, later.deliveries) == (False, 1)
