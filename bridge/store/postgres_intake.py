@@ -159,8 +159,10 @@ class PostgresIntake(PostgresPool):
                 async with c.transaction():
                     return await _accept_all(c, batch)
             except asyncpg.PostgresError as exc:
-                if c.is_closed():
-                    raise
+                # Refused and rolled back. Unless the connection went with it (then this
+                # raises, and every caller is told the store is unavailable), the events
+                # go again one by one.
+                await c.execute("SELECT 1")
                 log.info("a batch of accepts was rolled back: %s", type(exc).__name__)
                 return None
 
