@@ -4,8 +4,11 @@ Any replica accepts any webhook: a repeat is recognised by the UNIQUE key of
 events (INSERT ... ON CONFLICT DO NOTHING), never by a read before the write. A
 new event, its place in its trigger's build history and its deliveries go in in
 one transaction, under a lock per (factory, trigger) so that the events of one
-trigger are accepted one at a time over all replicas. Concurrent accepts share
-the server's WAL flushes (its own group commit), so there is no batching here.
+trigger are accepted one at a time over all replicas. The accepts that arrive while
+one is being committed go together in the next transaction, in arrival order, each
+seeing those before it (a group commit: one WAL sync for all, postgres_batches.py);
+a transaction takes all its triggers' locks first, in one order, so replicas never
+deadlock on them.
 
 A lane (a destination's deliveries, in id order) is owned by one replica at a
 time through a session-level advisory lock held on a connection of its own: the
