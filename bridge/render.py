@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -249,8 +249,8 @@ def render_message(
     what the chat's `send` takes, `posted` what it posts (with the fields it adds).
     """
     chat = CHAT_TYPES[settings.type]
-    rendered = template.render_within(context, chat.fits, settings.max_failed_runs)
-    return replace(rendered, posted=chat.prepare(settings, rendered.body))
+    found = template.render_within(context, chat.fits, settings.max_failed_runs)
+    return Rendered(found.body, found.hidden, found.cut, chat.prepare(settings, found.body))
 
 
 def compile_template(source: str, name: str, kind: Literal["json", "text"]) -> Template:

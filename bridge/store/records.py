@@ -6,7 +6,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Literal, NamedTuple
 
 from bridge.transitions import Transition
@@ -108,7 +107,7 @@ class Delivery:
     mentions: tuple[str, ...] = ()
     event_key: str = ""  # the stored event's identity (`NewEvent.key`)
 
-    @cached_property
+    @property
     def key(self) -> str:
         """The delivery's idempotency key for its chat: the same for every attempt (its body
         may render differently from one try to the next), and not one that a new store's
