@@ -31,7 +31,7 @@ from bridge.parsed_events import ParsedEvents
 from bridge.rate_limit import TokenBucket
 from bridge.recorder import Recorder
 from bridge.redact import Redactor
-from bridge.render import Rendered, Template, TemplateError, build_context, context, render_message
+from bridge.render import Rendered, Template, TemplateError, build_context, render_message
 from bridge.routing import notify_for
 from bridge.store import Delivery, DispatchStore, LaneStore, StoreUnavailable
 from bridge.text import describe_exception
@@ -219,21 +219,9 @@ class Lane:
 
     async def _render_delivery(self, delivery: Delivery) -> Rendered:
         """The one place a lane renders a (plain, not threaded) delivery."""
-        build, facts = self.events.get(delivery)
-        tests = await self._failed_tests(build)
-        return render_message(
-            self.template,
-            self.settings,
-            context(
-                build,
-                event_id=delivery.event_id,
-                destination=self.name,
-                tests=tests,
-                change=delivery.transition,
-                mentions=delivery.mentions,
-                facts=None if tests else facts,
-            ),
-        )
+        event = self.events.event(delivery)
+        tests = await self._failed_tests(event.build)
+        return event.message(delivery, self.template, self.settings, tests)
 
     async def _send(self, sending: Awaitable[Outcome]) -> Outcome:
         started = time.monotonic()

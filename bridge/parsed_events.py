@@ -1,13 +1,78 @@
-"""Stored events parsed for the lanes, with their template facts."""
+"""Stored events parsed for the lanes, with their template facts and their messages."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.jobserv import Build, parse_build
-from bridge.render import build_context
+from bridge.render import Rendered, Template, build_context, context, render_message
 from bridge.store import Delivery
+
+if TYPE_CHECKING:
+    from bridge.failed_tests import RunTests
+
+# Messages kept per event: one per template and chat type it went out with, at most.
+RENDERS_PER_EVENT = 4
+
+
+@dataclass
+class ParsedEvent:
+    build: Build
+    facts: dict[str, Any]
+    # Messages that do not depend on the destination's name, by what they depend on.
+    renders: dict[Hashable, Rendered] = field(default_factory=dict)
+
+    def message(
+        self,
+        delivery: Delivery,
+        template: Template,
+        settings: DestinationSettings,
+        tests: dict[str, RunTests] | None,
+    ) -> Rendered:
+        """The delivery's message to the destination `settings` describes.
+
+        A template that does not read `destination` makes the same message (but for the
+        fields a chat's `send` adds) for every destination of one chat type: the first lane
+        to send the event renders it, the others take that.
+        """
+
+        def render() -> Rendered:
+            return render_message(
+                template,
+                settings,
+                context(
+                    self.build,
+                    event_id=delivery.event_id,
+                    destination=settings.name,
+                    tests=tests,
+                    change=delivery.transition,
+                    mentions=delivery.mentions,
+                    facts=None if tests else self.facts,
+                ),
+            )
+
+        if tests or template.per_destination:
+            return render()
+        key = (
+            template,
+            settings.type,
+            settings.max_failed_runs,
+            delivery.event_id,
+            delivery.transition,
+            delivery.mentions,
+        )
+        found = self.renders.get(key)
+        if found is None:
+            found = render()
+            if len(self.renders) < RENDERS_PER_EVENT:
+                self.renders[key] = found
+            return found
+        posted = CHAT_TYPES[settings.type].prepare(settings, found.body)
+        return Rendered(found.body, found.hidden, found.cut, posted)
 
 
 class ParsedEvents:
@@ -17,15 +82,19 @@ class ParsedEvents:
     def __init__(self, size: int = 256) -> None:
         self.size = size
         # Keyed by the body itself: the same bytes always parse the same.
-        self.entries: OrderedDict[bytes, tuple[Build, dict[str, Any]]] = OrderedDict()
+        self.entries: OrderedDict[bytes, ParsedEvent] = OrderedDict()
 
     def get(self, delivery: Delivery) -> tuple[Build, dict[str, Any]]:
+        found = self.event(delivery)
+        return found.build, found.facts
+
+    def event(self, delivery: Delivery) -> ParsedEvent:
         found = self.entries.get(delivery.body)
         if found is not None:
             self.entries.move_to_end(delivery.body)
             return found
         build = parse_build(delivery.body)
-        found = self.entries[delivery.body] = (build, build_context(build))
+        found = self.entries[delivery.body] = ParsedEvent(build, build_context(build))
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
         return found

@@ -186,6 +186,9 @@ class Template:
     kind: Literal["json", "text"]
     compiled: jinja2.Template
     digests: bool = False  # it renders a digest (reads `digest`): bridge.digest
+    # Whether it reads `destination`: if not, every destination of one chat type gets the
+    # same message from it for one delivery, which the lanes then render once.
+    per_destination: bool = True
 
     def render_within(
         self, context: dict[str, Any], fits: Fits | None, most: int | None = None
@@ -253,6 +256,9 @@ def render_message(
     return Rendered(found.body, found.hidden, found.cut, chat.prepare(settings, found.body))
 
 
+# One object per template, however many destinations load it: the lanes share the
+# messages of one template (bridge.parsed_events).
+@functools.lru_cache(maxsize=64)
 def compile_template(source: str, name: str, kind: Literal["json", "text"]) -> Template:
     env = _ENVIRONMENTS[kind]
     try:
@@ -260,16 +266,19 @@ def compile_template(source: str, name: str, kind: Literal["json", "text"]) -> T
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{name}, line {exc.lineno}: {exc.message}") from None
     compiled = env.template_class.from_code(env, code, env.make_globals(None))
-    return Template(name, kind, compiled, digests=handles_digest(env, source))
+    reads = context_read(env, source)
+    return Template(
+        name, kind, compiled, digests="digest" in reads, per_destination="destination" in reads
+    )
 
 
-def handles_digest(environment: jinja2.Environment, source: str) -> bool:
-    """Whether a template's source (for `environment`, whose filters it may use) reads the
-    context's `digest`: if not, its builds go one by one (bridge.digest)."""
+def context_read(environment: jinja2.Environment, source: str) -> set[str]:
+    """The context's names a template's source (for `environment`, whose filters it may
+    use) reads."""
     try:
-        return "digest" in meta.find_undeclared_variables(environment.parse(source))
+        return meta.find_undeclared_variables(environment.parse(source))
     except jinja2.TemplateError:  # it does not compile: refused at load anyway
-        return False
+        return set()
 
 
 def load_template(path: Path, kind: Literal["json", "text"]) -> Template:
