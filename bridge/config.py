@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,8 +18,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
+from bridge.config_env import Unknown, expand_environment, place
 from bridge.durations import Duration
 from bridge.failed_tests import JobservConfig
 from bridge.render import Template, TemplateError, default_template, load_template
@@ -29,7 +29,6 @@ from bridge.slack_interactions import SlackConfig
 from bridge.transitions import Policy
 
 _M = TypeVar("_M", bound=BaseModel)
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(Exception):
@@ -188,14 +187,6 @@ def _secret_values(model: BaseModel) -> list[str]:
     return values
 
 
-def place(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    """('routes', 1, 'destinations', 0) -> 'routes[1].destinations[0]'."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -205,45 +196,31 @@ def _message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
-    return [
-        f"{place(prefix + tuple(e['loc']))}: {_message(e)}"
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-def unset_placeholder(name: str) -> str:
-    """What a preview reads for an unset `${VAR}`: it never needs the secret itself."""
-    return f"<unset {name}>"
-
-
-def _expand_environment(
-    value: Any, loc: tuple[int | str, ...], unset: list[str], preview: bool = False
-) -> Any:
-    """Replace `${VAR}` in every string with the environment's value; each unset one is
-    listed in `unset` with its place (and reads as a placeholder in a preview)."""
-    if isinstance(value, dict):
-        return {k: _expand_environment(v, (*loc, k), unset, preview) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_environment(v, (*loc, i), unset, preview) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name in os.environ:
-            return os.environ[name]
-        unset.append(f"{place(loc)}: environment variable {name} is not set")
-        return unset_placeholder(name) if preview else ""
-
-    return _ENV_REFERENCE.sub(substitute, value)
+def _problems(errors: list[ErrorDetails], prefix: tuple[int | str, ...]) -> list[str]:
+    return [f"{place(prefix + tuple(e['loc']))}: {_message(e)}" for e in errors]
 
 
 def _section(model: type[_M], raw: Any, name: str, problems: list[str]) -> _M | None:
     try:
         return model.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        problems.extend(_problems(exc, (name,)))
+        # In a preview, a value an unset `${VAR}` made is not the config's: it is not checked
+        # (a `[store] url` read as "<unset DATABASE_URL>" is no PostgreSQL URL), and the
+        # section is read as it would be without it if nothing else is wrong.
+        table = raw if isinstance(raw, dict) else {}
+        unknown = {k for k, v in table.items() if isinstance(v, Unknown)}
+        errors = [
+            e
+            for e in exc.errors(include_url=False, include_input=False)
+            if not (e["loc"] and e["loc"][0] in unknown)
+        ]
+        if not errors:
+            known = {k: v for k, v in table.items() if k not in unknown}
+            try:
+                return model.model_validate(known)
+            except ValidationError as without:
+                errors = without.errors(include_url=False, include_input=False)
+        problems.extend(_problems(errors, (name,)))
         return None
 
 
@@ -321,7 +298,7 @@ def parse_config(text: str, path: Path, *, preview: bool = False) -> Config:
     known = {f.name for f in fields(Config)} - {"path", "templates", "unset"}
     problems += [f"{key}: unknown section" for key in raw if key not in known]
     unset: list[str] = []
-    raw = _expand_environment(raw, (), unset, preview)
+    raw = expand_environment(raw, (), unset, preview)
     if not preview:
         problems += unset
 

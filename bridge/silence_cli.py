@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bridge.config import Config, place
+from bridge.config import Config
+from bridge.config_env import place
 from bridge.durations import parse_duration
 from bridge.logs import one_line
 from bridge.silences import Silence, SilenceRequest

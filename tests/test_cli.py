@@ -437,6 +437,31 @@ def test_routes_needs_no_secrets_but_serve_does(tmp_path: Path) -> None:
         assert f"environment variable BRIDGE_TEST_UNSET_{variable} is not set" in serve.stderr
 
 
+def test_previews_need_no_database_url_but_still_check_the_rest_of_the_store(
+    tmp_path: Path,
+) -> None:
+    """`[store] url = "${DATABASE_URL}"` unset: a preview does not need the database, so
+    it does not read the placeholder as a URL to check; the other keys are still checked."""
+    base = preview_config(tmp_path).read_text()
+    config = write(tmp_path, "pg.toml", base + '\n[store]\nurl = "${BRIDGE_TEST_UNSET_PG}"\n')
+    payload = FIXTURES / f"{FAILED}.json"
+    routes = run_cli("routes", "--config", config, "--payload", payload)
+    assert routes.returncode == 0, routes.stderr
+    assert "destinations: discord, mattermost" in routes.stdout
+    render = run_cli("render", "--config", config, "--payload", payload)
+    assert render.returncode == 0, render.stderr
+    check = run_cli("check-config", "--config", config)
+    assert check.returncode == 2
+    assert "store.url: environment variable BRIDGE_TEST_UNSET_PG is not set" in check.stderr
+    assert "postgresql://" not in check.stderr  # no second problem about the placeholder
+
+    broken = write(tmp_path, "broken.toml", config.read_text() + "pool_size = 0\n")
+    routes = run_cli("routes", "--config", broken, "--payload", payload)
+    assert routes.returncode == 2
+    assert "store.pool_size:" in routes.stderr
+    assert "postgresql://" not in routes.stderr
+
+
 # --- outbox ---------------------------------------------------------------------
 
 OUTBOX_CONFIG = """

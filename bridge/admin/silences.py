@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from bridge.admin.access import Refused, read_form
 from bridge.admin.site import ADMIN, Admin, log, see_other
 from bridge.admin.views import iso
-from bridge.config import place
+from bridge.config_env import place
 from bridge.silences import Silence, SilenceRequest, SilenceState
 
 PAGE_AUTHOR = "status page"
