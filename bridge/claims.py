@@ -7,6 +7,10 @@ unit (the lane's own, in flight) and takes only deliveries behind it, which wait
 until the batch is done. When the batch cannot finish (a retry holds its head, the lane stops,
 loses its ownership or is cancelled), what was claimed ahead is given back at once: never
 sent before the held head, never left claimed until its lease runs out.
+
+A claim that drained the lane (it took all that was due) and was not followed by a wake (new
+deliveries queued) is not followed by another: the lane would find nothing. So a quiet lane
+makes one claim per batch, not two, and sleeps after it as it would after an empty claim.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bridge.chats import DestinationSettings
 from bridge.store import Claim, Delivery, LaneStore
@@ -32,10 +36,17 @@ CLAIM_WAIT = 1.0
 
 class Claims:
     """One destination's claims; `unit_most`: the most deliveries one send takes (a digest's
-    most, else 1)."""
+    most, else 1); `woken`: how many times the lane was woken so far."""
 
-    def __init__(self, settings: DestinationSettings, store: LaneStore, unit_most: int) -> None:
+    def __init__(
+        self,
+        settings: DestinationSettings,
+        store: LaneStore,
+        unit_most: int,
+        woken: Callable[[], int],
+    ) -> None:
         self.name = settings.name
+        self.woken = woken
         self.store = store
         self.lease = settings.timeout + LEASE_MARGIN
         self.unit_most = max(1, unit_most)
@@ -46,6 +57,9 @@ class Claims:
         # send earlier changes no grouping but what timing already decides.
         self.may_claim_ahead = unit_most <= 1 or settings.rate_limit <= 0
         self._ahead: asyncio.Task[Claim] | None = None
+        self._ahead_woken = 0  # `woken` when the claim ahead began
+        # After a claim that drained the lane: `woken` when it began, and its next_due.
+        self._drained: tuple[int, float | None] | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
 
     async def next(self, now: float) -> Claim:
@@ -53,23 +67,44 @@ class Claims:
         since has woken the lane), else one claimed now."""
         ahead = self._ahead
         if ahead is None:
-            return await self.store.claim(self.name, now, CLAIM_BATCH, self.lease)
+            drained, self._drained = self._drained, None
+            if drained is not None and drained[0] == self.woken():
+                return Claim([], drained[1])  # nothing came since: once, without asking
+            woken = self.woken()
+            claim = await self.store.claim(self.name, now, CLAIM_BATCH, self.lease)
+            return self._noted(claim, woken)
         # Not `await ahead`: cancelling the lane must not cancel the claim (see CLAIM_WAIT);
         # while it is still `_ahead`, `drop` gives back what it takes.
         await asyncio.wait({ahead})
         self._ahead = None
-        return ahead.result()
+        return self._noted(ahead.result(), self._ahead_woken)
+
+    def _noted(self, claim: Claim, woken: int) -> Claim:
+        self._drained = (woken, claim.next_due) if claim.drained else None
+        return claim
+
+    def _quiet(self) -> bool:
+        """Whether the last claim drained the lane, and the lane was not woken since it
+        began."""
+        return self._drained is not None and self._drained[0] == self.woken()
 
     def sending(self, rest: Sequence[Delivery]) -> None:
         """The lane is about to send the head of `rest`, the rest of its batch: when that
         send may be the batch's last, claim the next batch now, behind `rest`."""
-        if self.may_claim_ahead and self._ahead is None and len(rest) <= self.unit_most:
+        if (
+            self.may_claim_ahead
+            and self._ahead is None
+            and len(rest) <= self.unit_most
+            and not self._quiet()
+        ):
+            self._ahead_woken = self.woken()
             passing = [delivery.id for delivery in rest]
             claim = self.store.claim(self.name, time.time(), CLAIM_BATCH, self.lease, passing)
             self._ahead = asyncio.ensure_future(claim)
 
     async def release(self, rest: Sequence[Delivery]) -> None:
         """Give back the rest of the batch, unsent, and whatever was claimed behind it."""
+        self._drained = None  # the lane is not as its last claim left it
         if rest:
             await self.store.release([delivery.id for delivery in rest])
         await self.drop()
@@ -77,6 +112,7 @@ class Claims:
     async def drop(self) -> None:
         """Give back what was claimed ahead, once its claim has ended (waiting at most
         CLAIM_WAIT here; after that it is given back when it ends)."""
+        self._drained = None
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return

@@ -57,6 +57,7 @@ class Lane:
     owner: LaneOwnership = field(init=False)
     recorder: Recorder = field(init=False)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    woken: int = 0  # times woken: a claim made since the last wake may have seen it all
     stopping: bool = False
     events: ParsedEvents = field(default_factory=ParsedEvents)
     # With a [jobserv] section: failed runs' failed tests are looked up before rendering.
@@ -77,7 +78,7 @@ class Lane:
         )
         self.recorder = Recorder(self.name, self.store, limits, self.redact, self.metrics)
         self.digester = Digester(self.settings, self.template, self.events.get)
-        self.claims = Claims(self.settings, self.store, self.digester.most)
+        self.claims = Claims(self.settings, self.store, self.digester.most, lambda: self.woken)
         self._send_seconds = self.metrics.send_seconds.labels(self.name)
         # Checked once: a runtime Protocol check costs as much as a small render.
         self.threaded = self.chat if isinstance(self.chat, ThreadedChat) else None
@@ -85,6 +86,11 @@ class Lane:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def wake(self) -> None:
+        """Something new may be due: look at once."""
+        self.woken += 1
+        self.wakeup.set()
 
     async def run(self) -> None:
         store_errors = FailureLog(log, f"lane {self.name}: store error")
@@ -348,7 +354,7 @@ class Dispatcher:
         for name in destinations:
             lane = self.lanes.get(name)
             if lane is not None:
-                lane.wakeup.set()
+                lane.wake()
 
     async def _prune(self) -> None:
         while True:

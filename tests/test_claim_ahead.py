@@ -23,11 +23,18 @@ from bridge.config import Config
 from bridge.store import Store
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
-from tests.conftest import accept_body
+from tests.conftest import accept_body, make_config
 from tests.conftest import generic_destination as generic
 from tests.fakes.chat_server import FakeChat, Gate, Hang, Reply
 from tests.postgres import fresh_database
-from tests.test_delivery import build_body, build_ids, config_for, dispatching, wait_rows
+from tests.test_delivery import (
+    DELIVERY,
+    build_body,
+    build_ids,
+    config_for,
+    dispatching,
+    wait_rows,
+)
 from tests.test_digest_serve import SLACK, numbers
 from tests.test_outcome_batches import eventually, write_lock_held
 from tests.test_store import LEASE
@@ -258,3 +265,65 @@ async def test_a_claim_ahead_cut_short_by_a_reload_is_given_back_when_it_ends(
             await wait_rows(store, "sent", QUEUED, timeout=PROMPTLY)
         hung = FIRST_BATCH[-1]
         assert build_ids(fake.requests_to("/a")) == [*FIRST_BATCH, hung, *SECOND_BATCH]
+
+
+# --- a drained lane ------------------------------------------------------------
+
+
+async def test_a_claim_says_whether_it_took_all_that_is_due_in_the_lane(outbox: Outbox) -> None:
+    store = outbox.store
+    empty = await store.claim("a", time.time(), CLAIM_BATCH, LEASE)
+    assert (empty.deliveries, empty.drained, empty.next_due) == ([], True, None)
+
+    ids = await queue(store)
+    first = await store.claim("a", time.time(), CLAIM_BATCH, LEASE)
+    assert [d.id for d in first.deliveries] == ids[:CLAIM_BATCH]
+    assert not first.drained  # more are pending behind the batch
+    # Claimed ahead, passing over the first batch (in flight): the rest, all of it.
+    rest = await store.claim("a", time.time(), CLAIM_BATCH, LEASE, ids[:CLAIM_BATCH])
+    assert [d.id for d in rest.deliveries] == ids[CLAIM_BATCH:]
+    assert rest.drained
+    # Another claim stops at what is claimed: it cannot tell what lies behind.
+    assert not (await store.claim("a", time.time(), CLAIM_BATCH, LEASE)).drained
+
+    # A retry at the head: nothing is due before it, and the claim says when it is.
+    now = time.time()
+    for delivery_id in ids[:CLAIM_BATCH]:
+        await store.mark_sent(delivery_id, now)
+    await store.mark_retry(ids[CLAIM_BATCH], now + 30, "busy", now)
+    await store.release(ids[CLAIM_BATCH + 1 :])
+    held = await store.claim("a", now, CLAIM_BATCH, LEASE)
+    assert (held.deliveries, held.drained, held.next_due) == ([], True, now + 30)
+
+
+async def test_a_quiet_lane_claims_once_per_delivery_and_still_finds_what_nothing_woke_it_for(
+    outbox: Outbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """After a claim that drained the lane, the lane does not claim again at once (it would
+    find nothing): the next wake, or its poll interval, makes it look again."""
+    store = outbox.store
+    claims = 0
+    claim = store.claim
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.claim = counted  # type: ignore[method-assign]
+    async with FakeChat() as fake:
+        text = DELIVERY.replace('poll_interval = "0.05s"', 'poll_interval = "1s"')
+        text += generic(fake, "a") + '[[routes]]\nnotify = ["failed"]\ndestinations = ["a"]\n'
+        async with dispatching(make_config(tmp_path, text), store, session) as dispatcher:
+            await asyncio.sleep(0.1)  # the lane's first look, at an empty lane
+            for build_id in (1, 2, 3):
+                claims = 0
+                await accept_body(store, build_body(build_id), ["a"])
+                dispatcher.wake(["a"])  # as the intake does
+                await fake.wait_for(build_id, path="/a")
+                await asyncio.sleep(0.1)  # well within the poll interval
+                assert claims == 1, "one claim took the delivery, and none followed at once"
+            # Queued with no wake (as the CLI does): found within a poll interval.
+            await accept_body(store, build_body(4), ["a"])
+            await fake.wait_for(4, path="/a", timeout=PROMPTLY)
+        assert build_ids(fake.requests_to("/a")) == [1, 2, 3, 4]

@@ -164,7 +164,7 @@ class PostgresLanes(PostgresPool):
     ) -> Claim:
         """The deliveries at the head of the lane that are due, in order."""
         taken: list[Delivery] = []
-        next_due = None
+        next_due, drained = None, False
         for row in rows:
             id_ = row["head_id"]
             if id_ in self._unwritten or id_ in passed:
@@ -178,7 +178,7 @@ class PostgresLanes(PostgresPool):
                 break  # another claim holds it
             due = float(row["next_attempt_at"])
             if due > now:
-                next_due = due if not taken else None
+                next_due, drained = due, True  # the rest waits behind it
                 break
             taken.append(
                 Delivery(
@@ -196,7 +196,9 @@ class PostgresLanes(PostgresPool):
                     str(row["key"]),
                 )
             )
-        return Claim(taken, next_due)
+        else:
+            drained = len(rows) < limit + len(passed)  # it read to the lane's end
+        return Claim(taken, next_due, drained)
 
     async def release(self, ids: list[int]) -> None:
         if ids:

@@ -119,7 +119,10 @@ class Delivery:
 @dataclass(frozen=True)
 class Claim:
     deliveries: list[Delivery]
-    next_due: float | None  # when the lane's head is due, if nothing is due now
+    next_due: float | None  # when the lane's first delivery not yet due is due, if known
+    # It took all that was due in the lane: nothing else is pending in it but what is due at
+    # `next_due` (or nothing at all), until something new is queued.
+    drained: bool = False
 
 
 @dataclass(frozen=True)

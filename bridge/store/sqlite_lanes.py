@@ -60,7 +60,7 @@ class SqliteLanes(SqliteWriter):
                 (destination, limit + len(passed)),
             ).fetchall()
             taken: list[Delivery] = []
-            next_due = None
+            next_due, drained = None, False
             for id_, event_id, attempts, created_at, due, *event in rows:
                 if id_ in self._unwritten or id_ in passed:
                     continue  # sent, its outcome on its way to the file; or being sent
@@ -69,7 +69,7 @@ class SqliteLanes(SqliteWriter):
                 if self._claims.get(id_, now) > now:
                     break  # another claim holds the head: keep the lane in order
                 if due > now:
-                    next_due = due if not taken else None
+                    next_due, drained = due, True  # the rest waits behind it
                     break
                 body, factory, build_id, trigger, change, mentions, event_key = event
                 taken.append(
@@ -88,8 +88,10 @@ class SqliteLanes(SqliteWriter):
                         event_key,
                     )
                 )
+            else:
+                drained = len(rows) < limit + len(passed)  # it read to the lane's end
             self._hold([d.id for d in taken], now + lease)
-            return Claim(taken, next_due)
+            return Claim(taken, next_due, drained)
 
         return await self._call(work)
 
