@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 from bridge.config import Route
 from bridge.jobserv import Build
@@ -18,8 +19,9 @@ class RouteMatch:
     why: str
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
+    """A destination chosen, and who is mentioned there (a store's (destination, mentions))."""
+
     destination: str
     mentions: tuple[str, ...] = ()
 

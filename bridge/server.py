@@ -24,10 +24,8 @@ from bridge.logs import FIELD_LIMIT, bounded
 from bridge.redact import Redactor
 from bridge.routing import targets
 from bridge.runtime import Runtime
-from bridge.silences import Silence, silencing
 from bridge.slack_endpoint import interactions
-from bridge.store import Planned, StoreUnavailable
-from bridge.transitions import Transition
+from bridge.store import StoreUnavailable
 
 log = logging.getLogger("bridge.intake")
 
@@ -138,23 +136,11 @@ async def _intake(request: web.Request) -> web.Response:
     threaded = {n for n, d in config.destinations.items() if CHAT_TYPES[d.type].threads}
 
     event = new_event(build, body)
-    silences: list[Silence] = []
-
-    def plan(change: Transition) -> list[Planned]:
-        """The routed deliveries; those a silence mutes are stored `silenced`."""
-        chosen = targets(config.routes, build, change, threaded)
-        muted = [
-            silencing(silences, event.factory, event.trigger, t.destination, event.received_at)
-            for t in chosen
-        ]
-        return [
-            Planned(t.destination, t.mentions, s.id if s else None)
-            for t, s in zip(chosen, muted, strict=True)
-        ]
-
     try:
-        silences = await runtime.store.silences(event.received_at)
-        accepted = await runtime.store.accept(event, plan)
+        # The store mutes what a silence covers, in the transaction that stores the event.
+        accepted = await runtime.store.accept(
+            event, lambda change: targets(config.routes, build, change, threaded)
+        )
     except StoreUnavailable as exc:
         factory = bounded(build.factory, FIELD_LIMIT)
         log.error("could not store build %s of %s: %s", build.build_id, factory, exc)

@@ -4,7 +4,9 @@ claimed; a redraw queued for an incident's build."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
 from bridge.silences import Acknowledgement, NewSilence
 from bridge.store import Planned, Store
@@ -71,9 +73,10 @@ async def test_a_pending_silence_expired_is_expired(store: Store) -> None:
 async def test_a_silenced_delivery_is_stored_shown_and_never_claimed(store: Store) -> None:
     silence = await store.add_silence(muting(), NOW)
 
-    def plan(_: object) -> list[Planned]:
-        return [Planned("ci-alerts", ("<@U1>",), silence.id), Planned("audit")]
+    def plan(_: object) -> list[tuple[str, tuple[str, ...]]]:
+        return [("ci-alerts", ("<@U1>",)), ("audit", ())]
 
+    # The store mutes what a silence in force covers, as it stores the event.
     accepted = await store.accept(event(41, at=NOW), plan)
     assert accepted.deliveries == 2 and accepted.destinations == ("audit",)
     assert await claim_ids(store, "ci-alerts", NOW + 1) == []
@@ -123,3 +126,25 @@ async def test_a_redraw_queues_a_delivery_of_the_builds_newest_event(store: Stor
     assert (claimed.build_id, claimed.mentions) == (41, ())
     assert claimed.transition is not None  # a lane reconciles the incident with it
     assert not await store.redraw("ci-alerts", "andy-corp", "platform-devel", 99, NOW)
+
+
+async def test_only_a_silence_in_force_when_the_event_came_mutes_it(store: Store) -> None:
+    """Silences pending, expired or elsewhere mute nothing; a burst of accepts (one
+    transaction on PostgreSQL) each sees the silences in force at its own arrival."""
+    await store.add_silence(muting(), NOW)
+    await store.expire_silence((await store.add_silence(muting("*", None), NOW)).id, NOW + 5)
+    await store.add_silence(replace(muting("platform-*", "audit"), starts_at=NOW + 100), NOW)
+
+    def plan(_: object) -> list[tuple[str, tuple[str, ...]]]:
+        return [("ci-alerts", ()), ("audit", ()), ("ops", ())]
+
+    before_end, after_end = event(41, at=NOW + 1), event(42, at=NOW + 10)
+    elsewhere = event(43, at=NOW + 10, trigger="docs")
+    answers = await asyncio.gather(
+        *(store.accept(e, plan) for e in (before_end, after_end, elsewhere))
+    )
+    assert [a.destinations for a in answers] == [
+        (),
+        ("audit", "ops"),
+        ("ci-alerts", "audit", "ops"),
+    ]

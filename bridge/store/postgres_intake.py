@@ -13,7 +13,8 @@ import asyncpg
 
 from bridge.store.postgres_batches import GroupCommit
 from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
-from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable, planned
+from bridge.store.postgres_silences import SilencesOnce
+from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable, muted, planned
 from bridge.transitions import (
     STREAK_LIMIT,
     History,
@@ -140,7 +141,8 @@ class PostgresIntake(PostgresPool):
                         HISTORY_LOCK_CLASS,
                     )
                     if row is not None:
-                        return await _record(c, int(row["id"]), event, plan)
+                        silences = SilencesOnce(event.received_at)
+                        return await _record(c, int(row["id"]), event, plan, silences)
                 row = await c.fetchrow(_EXISTING, event.key)
                 if row is not None:
                     return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
@@ -195,6 +197,7 @@ async def _accept_all(
         [e.received_at for e in events],
     )
     new = {str(row["key"]): int(row["id"]) for row in rows}
+    silences = SilencesOnce(min(e.received_at for e in events))
     answered: dict[str, Accepted] = {}
     answers: list[Accepted | StoreUnavailable] = []
     for event, plan in batch:
@@ -202,7 +205,7 @@ async def _accept_all(
         if first is not None:  # the same event earlier in this batch: a repeat of it
             answers.append(Accepted(first.event_id, first.deliveries, duplicate=True))
             continue
-        answer = await _place(c, event, plan, new.get(event.key))
+        answer = await _place(c, event, plan, new.get(event.key), silences)
         if isinstance(answer, Accepted):
             answered[event.key] = answer
         answers.append(answer)
@@ -210,12 +213,12 @@ async def _accept_all(
 
 
 async def _place(
-    c: Any, event: NewEvent, plan: Plan, event_id: int | None
+    c: Any, event: NewEvent, plan: Plan, event_id: int | None, silences: SilencesOnce
 ) -> Accepted | StoreUnavailable:
     """A batch's event, stored as `event_id` or a repeat of one stored before the batch."""
     for _ in range(3):
         if event_id is not None:
-            return await _record(c, event_id, event, plan)
+            return await _record(c, event_id, event, plan, silences)
         row = await c.fetchrow(_EXISTING, event.key)
         if row is not None:
             return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
@@ -238,10 +241,14 @@ def _purged(event: NewEvent) -> StoreUnavailable:
     return StoreUnavailable(f"event {event.key} keeps being purged as it is stored")
 
 
-async def _record(c: Any, event_id: int, event: NewEvent, plan: Plan) -> Accepted:
+async def _record(
+    c: Any, event_id: int, event: NewEvent, plan: Plan, silences: SilencesOnce
+) -> Accepted:
     """The new event's place in its trigger's history, and the deliveries `plan` picks."""
     change = transition(event.build_id, event.status, await _history(c, event))
     targets = planned(plan, change)
+    if targets:
+        targets = muted(targets, event, await silences.read(c))
     await c.execute(
         _RECORD,
         event.factory,

@@ -26,6 +26,30 @@ def _silence(row: Any) -> Silence:
     )
 
 
+async def in_force(c: Any, now: float | None) -> list[Silence]:
+    """The silences not ended at `now` (every one when None), newest first."""
+    rows = await c.fetch(
+        f"SELECT {_COLUMNS} FROM silences"
+        " WHERE $1::double precision IS NULL OR ends_at > $1 ORDER BY id DESC",
+        now,
+    )
+    return [_silence(row) for row in rows]
+
+
+class SilencesOnce:
+    """The silences in force for the events of one transaction, read when first wanted
+    (`since`: the earliest of them came then)."""
+
+    def __init__(self, since: float) -> None:
+        self._since = since
+        self._found: list[Silence] | None = None
+
+    async def read(self, c: Any) -> list[Silence]:
+        if self._found is None:
+            self._found = await in_force(c, self._since)
+        return self._found
+
+
 class PostgresSilences(PostgresPool):
     async def add_silence(self, silence: NewSilence, now: float) -> Silence:
         async def work(c: Any) -> Silence:
@@ -41,15 +65,7 @@ class PostgresSilences(PostgresPool):
         return await self._run(work)
 
     async def silences(self, now: float | None) -> list[Silence]:
-        async def work(c: Any) -> list[Silence]:
-            rows = await c.fetch(
-                f"SELECT {_COLUMNS} FROM silences"
-                " WHERE $1::double precision IS NULL OR ends_at > $1 ORDER BY id DESC",
-                now,
-            )
-            return [_silence(row) for row in rows]
-
-        return await self._run(work)
+        return await self._run(lambda c: in_force(c, now))
 
     async def expire_silence(self, silence_id: int, now: float) -> Silence | None:
         async def work(c: Any) -> Silence | None:

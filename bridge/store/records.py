@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from bridge.silences import Silence, silencing
 from bridge.transitions import Transition
 
 log = logging.getLogger("bridge.store")
@@ -36,7 +37,7 @@ class Planned(NamedTuple):
 
 
 # Given an event's transition, the deliveries to make (a `Planned`, or a plain
-# (destination, mentions) pair).
+# (destination, mentions) pair). The store mutes those a silence covers (`muted`).
 Plan = Callable[[Transition], Sequence[Planned | tuple[str, tuple[str, ...]]]]
 
 
@@ -50,6 +51,22 @@ def state_counts(found: dict[str, int]) -> dict[State, int]:
 
 def planned(plan: Plan, change: Transition) -> list[Planned]:
     return [Planned(*entry) for entry in plan(change)]
+
+
+def muted(targets: list[Planned], event: NewEvent, silences: Sequence[Silence]) -> list[Planned]:
+    """`targets`, each that a silence in force when `event` came mutes marked with it.
+
+    The store reads the silences in the transaction that stores the event: a silence
+    added or expired meanwhile is in force for the event or not, never half."""
+
+    def mute(target: Planned) -> Planned:
+        if target.silenced_by is not None:
+            return target
+        where = (event.factory, event.trigger, target.destination, event.received_at)
+        found = silencing(silences, *where)
+        return target if found is None else target._replace(silenced_by=found.id)
+
+    return [mute(t) for t in targets]
 
 
 class StoreUnavailable(Exception):

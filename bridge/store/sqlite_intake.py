@@ -7,7 +7,8 @@ import json
 import sqlite3
 import time
 
-from bridge.store.records import Accepted, NewEvent, Plan, planned
+from bridge.store.records import Accepted, NewEvent, Plan, muted, planned
+from bridge.store.sqlite_silences import in_force
 from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
 from bridge.transitions import (
     STREAK_LIMIT,
@@ -54,6 +55,8 @@ class SqliteIntake(SqliteWriter):
                 (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
             )
             targets = planned(plan, change)
+            if targets:
+                targets = muted(targets, event, in_force(c, event.received_at))
             now = event.received_at
             c.executemany(
                 "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"

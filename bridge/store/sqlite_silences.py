@@ -34,6 +34,12 @@ def _silence(row: tuple[Any, ...]) -> Silence:
     )
 
 
+def in_force(c: sqlite3.Connection, now: float | None) -> list[Silence]:
+    """The silences not ended at `now` (every one when None), newest first."""
+    rows = c.execute(_SILENCE + " WHERE ?1 IS NULL OR ends_at > ?1 ORDER BY id DESC", (now,))
+    return [_silence(row) for row in rows]
+
+
 class SqliteSilences(SqliteWriter):
     async def add_silence(self, silence: NewSilence, now: float) -> Silence:
         def work(c: sqlite3.Connection) -> Silence:
@@ -47,13 +53,7 @@ class SqliteSilences(SqliteWriter):
         return await self._call(work, durable=True)
 
     async def silences(self, now: float | None) -> list[Silence]:
-        def work(c: sqlite3.Connection) -> list[Silence]:
-            rows = c.execute(
-                _SILENCE + " WHERE ?1 IS NULL OR ends_at > ?1 ORDER BY id DESC", (now,)
-            ).fetchall()
-            return [_silence(row) for row in rows]
-
-        return await self._call(work)
+        return await self._call(lambda c: in_force(c, now))
 
     async def expire_silence(self, silence_id: int, now: float) -> Silence | None:
         def work(c: sqlite3.Connection) -> Silence | None:
