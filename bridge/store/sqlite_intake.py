@@ -55,8 +55,9 @@ class SqliteIntake(SqliteWriter):
                 (event.factory, event.trigger, event.build_id, event.status, event.completed_at),
             )
             targets = planned(plan, change)
-            if targets:
-                targets = muted(targets, event, in_force(c, event.received_at))
+            if not targets:
+                return Accepted(event_id, 0, False, (), change)
+            targets = muted(targets, event, in_force(c, event.received_at))
             now = event.received_at
             c.executemany(
                 "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
