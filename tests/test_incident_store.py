@@ -44,6 +44,21 @@ async def test_a_window_holds_the_builds_between_the_passed_builds_around_one(
     assert window(everything, 3) == around
 
 
+async def test_a_build_that_failed_twice_shows_its_latest_completion_whatever_the_order(
+    store: Store,
+) -> None:
+    """A re-run that failed again (other runs may fail) is the copy a window shows, also
+    when the first completion's webhook arrives after it."""
+    await accept(store, 1, "PASSED")
+    latest = await accept(store, 2, "FAILED", completed=3.0)
+    await accept(store, 2, "FAILED", completed=2.0)  # the first completion, late
+    await accept(store, 3, "FAILED", completed=1.0)
+    again = await accept(store, 3, "FAILED", completed=1.0)  # no order to tell: the later
+
+    found = await store.trigger_window("andy-corp", TRIGGER, 2)
+    assert found.builds == {2: Seen("FAILED", latest), 3: Seen("FAILED", again)}
+
+
 async def test_event_bodies_are_read_by_id(store: Store) -> None:
     first = await accept(store, 1, "FAILED")
     assert await store.event_bodies([first, 999]) == {first: b'{"build_id": 1}'}

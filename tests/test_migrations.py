@@ -120,7 +120,8 @@ async def test_a_store_of_the_first_version_is_upgraded_with_its_data(
     assert versions == list(range(1, len(sqlite_schema.MIGRATIONS) + 1))
 
 
-@pytest.mark.parametrize("version", range(1, len(sqlite_schema.MIGRATIONS) + 1))
+# `schema_version` came after version 5: no file without it is at a later one.
+@pytest.mark.parametrize("version", range(1, 6))
 async def test_a_sqlite_file_from_before_schema_version_is_marked_and_upgraded(
     tmp_path: Path, version: int
 ) -> None:

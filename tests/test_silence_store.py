@@ -113,17 +113,18 @@ async def test_acknowledgements_are_kept_once_per_root(store: Store) -> None:
     assert await store.acknowledgements("ops", "andy-corp", "platform-devel") == []
 
 
-async def test_a_redraw_queues_a_delivery_of_the_builds_newest_event(store: Store) -> None:
+async def test_a_redraw_queues_a_delivery_of_the_builds_latest_completion(store: Store) -> None:
     def plan(_: object) -> list[Planned]:
         return [Planned("ci-alerts")]
 
-    await store.accept(event(41, at=NOW), plan)
-    [first] = await claim_ids(store, "ci-alerts", NOW)
-    await store.mark_sent(first, NOW)
+    latest = await store.accept(event(41, at=NOW, completed=NOW - 1), plan)
+    await store.accept(event(41, at=NOW, completed=NOW - 9), plan)  # an earlier one, late
+    for delivery in await claim_ids(store, "ci-alerts", NOW):
+        await store.mark_sent(delivery, NOW)
 
     assert await store.redraw("ci-alerts", "andy-corp", "platform-devel", 41, NOW + 1)
     [claimed] = (await store.claim("ci-alerts", NOW + 2, 32, LEASE)).deliveries
-    assert (claimed.build_id, claimed.mentions) == (41, ())
+    assert (claimed.build_id, claimed.event_id, claimed.mentions) == (41, latest.event_id, ())
     assert claimed.transition is not None  # a lane reconciles the incident with it
     assert not await store.redraw("ci-alerts", "andy-corp", "platform-devel", 99, NOW)
 

@@ -32,8 +32,8 @@ log = logging.getLogger("bridge.store")
 # trigger's lock before it writes that trigger's events, so two never wait on each other's
 # new row of one key while each holds a lock the other wants.
 _INSERT_EVENT = """
-INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)
-SELECT $1, $2, $3, $4, $5, $6, $7
+INSERT INTO events (key, factory, trigger, build_id, status, body, received_at, completed_at)
+SELECT $1, $2, $3, $4, $5, $6, $7, $9
 FROM (SELECT pg_advisory_xact_lock($8, hashtext($2 || E'\\n' || $3))) AS locked
 ON CONFLICT (key) DO NOTHING
 RETURNING id
@@ -50,11 +50,11 @@ SELECT pg_advisory_xact_lock($1, lock) FROM (
 
 # Then its new events, in one statement (a repeat, within the batch or not, is skipped).
 _INSERT_EVENTS = """
-INSERT INTO events (key, factory, trigger, build_id, status, body, received_at)
-SELECT key, factory, trigger, build_id, status, body, received_at
+INSERT INTO events (key, factory, trigger, build_id, status, body, received_at, completed_at)
+SELECT key, factory, trigger, build_id, status, body, received_at, completed_at
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bytea[],
-    $7::double precision[]) WITH ORDINALITY
-    AS new (key, factory, trigger, build_id, status, body, received_at, position)
+    $7::double precision[], $8::double precision[]) WITH ORDINALITY
+    AS new (key, factory, trigger, build_id, status, body, received_at, completed_at, position)
 ORDER BY position
 ON CONFLICT (key) DO NOTHING
 RETURNING key, id
@@ -139,6 +139,7 @@ class PostgresIntake(PostgresPool):
                         event.body,
                         event.received_at,
                         HISTORY_LOCK_CLASS,
+                        event.completed_at,
                     )
                     if row is not None:
                         silences = SilencesOnce(event.received_at)
@@ -195,6 +196,7 @@ async def _accept_all(
         [e.status for e in events],
         [e.body for e in events],
         [e.received_at for e in events],
+        [e.completed_at for e in events],
     )
     new = {str(row["key"]): int(row["id"]) for row in rows}
     silences = SilencesOnce(min(e.received_at for e in events))
@@ -233,6 +235,7 @@ async def _place(
             event.body,
             event.received_at,
             HISTORY_LOCK_CLASS,
+            event.completed_at,
         )
     return _purged(event)
 

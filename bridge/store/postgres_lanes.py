@@ -18,7 +18,7 @@ from bridge.store.postgres_pool import (
     log,
     stored_transition,
 )
-from bridge.store.records import Claim, Delivery, State
+from bridge.store.records import LATEST_COPY, Claim, Delivery, State
 
 # A window (see `incidents.Window`): the passed builds nearest below and above a build ...
 _WINDOW_BOUNDS = """
@@ -28,10 +28,11 @@ SELECT
     (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2 AND build_id > $3
         AND status = 'PASSED' ORDER BY build_id LIMIT 1) AS upper
 """
-# ... and each build between, with the newest event that gave it its status.
-_WINDOW_BUILDS = """
-SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory
-    AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status) AS event_id
+# ... and each build between, with the event of its latest completion.
+_WINDOW_BUILDS = f"""
+SELECT b.build_id, b.status, (SELECT e.id FROM events e WHERE e.factory = b.factory
+    AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status
+    {LATEST_COPY}) AS event_id
 FROM builds b WHERE b.factory = $1 AND b.trigger = $2 AND b.build_id > $3 AND b.build_id <= $4
 ORDER BY b.build_id
 """

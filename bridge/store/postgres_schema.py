@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (destination, factory, trigger, anchor)
     );
     """,
+    # 6: when each event's build completed: a build completed twice shows its latest copy.
+    """
+    ALTER TABLE events ADD COLUMN completed_at DOUBLE PRECISION;
+    """,
 ]
 
 

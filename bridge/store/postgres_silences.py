@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.silences import Acknowledgement, NewSilence, Silence
 from bridge.store.postgres_pool import PostgresPool
+from bridge.store.records import LATEST_COPY
 
 _COLUMNS = "factory, trigger, destination, starts_at, ends_at, comment, author, id, created_at"
 
@@ -131,7 +132,7 @@ class PostgresSilences(PostgresPool):
         inserted = await self._execute(
             "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
             " next_attempt_at) SELECT id, $1, $2, $2, $2 FROM events"
-            " WHERE factory = $3 AND trigger = $4 AND build_id = $5 ORDER BY id DESC LIMIT 1",
+            f" WHERE factory = $3 AND trigger = $4 AND build_id = $5 {LATEST_COPY}",
             destination,
             now,
             factory,

@@ -11,6 +11,11 @@ from typing import Literal, NamedTuple
 from bridge.silences import Silence, silencing
 from bridge.transitions import Transition
 
+# Of a build's events, the copy that shows it: its latest completion, whatever the order
+# they arrived in (of two that completed at once, or before `completed_at` was kept, the
+# later to arrive).
+LATEST_COPY = "ORDER BY coalesce(completed_at, 0) DESC, id DESC LIMIT 1"
+
 log = logging.getLogger("bridge.store")
 
 # `silenced`: a delivery a silence muted at intake, kept to be shown and never sent.

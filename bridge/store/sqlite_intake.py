@@ -25,8 +25,9 @@ class SqliteIntake(SqliteWriter):
             change = transition(event.build_id, event.status, _history(c, event))
             row = c.execute(
                 "INSERT INTO events"
-                " (key, factory, trigger, build_id, status, body, received_at, transition)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+                " (key, factory, trigger, build_id, status, body, received_at, completed_at,"
+                " transition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING RETURNING id",
                 (
                     event.key,
                     event.factory,
@@ -35,6 +36,7 @@ class SqliteIntake(SqliteWriter):
                     event.status,
                     event.body,
                     event.received_at,
+                    event.completed_at,
                     json.dumps(change.as_dict()),
                 ),
             ).fetchone()

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Collection
 
 from bridge.incidents import Key, Record, Seen, Window
-from bridge.store.records import Claim, Delivery, State, StoreUnavailable
+from bridge.store.records import LATEST_COPY, Claim, Delivery, State, StoreUnavailable
 from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
 from bridge.transitions import (
     Transition,
@@ -321,10 +321,10 @@ _UPPER_PASSED = (
     "SELECT build_id FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?"
     " AND status = 'PASSED' ORDER BY build_id LIMIT 1"
 )
-# Each build in a window, with the newest event that gave it its status.
+# Each build in a window, with the event of its latest completion (`LATEST_COPY`).
 _WINDOW_BUILDS = (
-    "SELECT b.build_id, b.status, (SELECT max(e.id) FROM events e WHERE e.factory = b.factory"
-    " AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status)"
-    " FROM builds b WHERE b.factory = ? AND b.trigger = ? AND b.build_id > ?"
+    "SELECT b.build_id, b.status, (SELECT e.id FROM events e WHERE e.factory = b.factory"
+    " AND e.trigger = b.trigger AND e.build_id = b.build_id AND e.status = b.status"
+    f" {LATEST_COPY}) FROM builds b WHERE b.factory = ? AND b.trigger = ? AND b.build_id > ?"
     " AND b.build_id <= ? ORDER BY b.build_id"
 )

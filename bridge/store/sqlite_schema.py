@@ -108,6 +108,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (destination, factory, trigger, anchor)
         ) WITHOUT ROWID""",
     ),
+    # 6: when each event's build completed: a build completed twice shows its latest copy.
+    ("ALTER TABLE events ADD COLUMN completed_at REAL",),
 ]
 
 

@@ -8,6 +8,7 @@ from dataclasses import astuple
 from typing import Any
 
 from bridge.silences import Acknowledgement, NewSilence, Silence
+from bridge.store.records import LATEST_COPY
 from bridge.store.sqlite_writer import SqliteWriter
 
 _SILENCE = (
@@ -113,7 +114,7 @@ class SqliteSilences(SqliteWriter):
             inserted = c.execute(
                 "INSERT INTO deliveries (event_id, destination, created_at, updated_at,"
                 " next_attempt_at) SELECT id, ?1, ?2, ?2, ?2 FROM events"
-                " WHERE factory = ?3 AND trigger = ?4 AND build_id = ?5 ORDER BY id DESC LIMIT 1",
+                f" WHERE factory = ?3 AND trigger = ?4 AND build_id = ?5 {LATEST_COPY}",
                 (destination, now, factory, trigger, build_id),
             )
             return inserted.rowcount > 0
