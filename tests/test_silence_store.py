@@ -52,6 +52,19 @@ async def test_silences_are_kept_listed_and_expired(store: Store) -> None:
     assert await store.expire_silence(999_999, NOW) is None
 
 
+async def test_a_silence_is_pruned_only_once_it_ended_before_the_retention(
+    store: Store,
+) -> None:
+    ended = await store.add_silence(muting(), NOW)
+    await store.expire_silence(ended.id, NOW + 10)
+    active = await store.add_silence(muting("docs"), NOW)  # ends at NOW + 3600
+
+    await store.purge(NOW + 10, ("sent",))  # ended at the cut, not before it: kept
+    assert {s.id for s in await store.silences(None)} == {ended.id, active.id}
+    await store.purge(NOW + 11, ("sent",))
+    assert [s.id for s in await store.silences(None)] == [active.id]
+
+
 async def test_a_pending_silence_expired_is_expired(store: Store) -> None:
     later = await store.add_silence(
         NewSilence(

@@ -61,6 +61,7 @@ class PostgresReports(PostgresPool):
                 " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
                 before,
             )
+            await c.execute("DELETE FROM silences WHERE ends_at < $1", before)
             return deleted
 
         return await self._run(work, transaction=True)

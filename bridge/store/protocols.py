@@ -190,7 +190,8 @@ class OperationsStore(Protocol):
         ...
 
     async def purge(self, before: float, states: tuple[State, ...]) -> int:
-        """Delete deliveries in `states` last changed before `before`, and events left empty."""
+        """Delete deliveries in `states` last changed before `before`, events left empty,
+        and silences ended before `before`; the count of deliveries deleted."""
         ...
 
 

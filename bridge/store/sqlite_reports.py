@@ -57,6 +57,7 @@ class SqliteReports(SqliteWriter):
                 " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
                 (before,),
             )
+            c.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
             return deleted
 
         return await self._call(work)
