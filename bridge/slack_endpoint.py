@@ -25,6 +25,7 @@ from bridge.slack_interactions import (
     NotAPress,
     SignatureCheck,
     mute,
+    muting_already,
     parse_press,
 )
 from bridge.store import StoreUnavailable
@@ -59,6 +60,7 @@ def interactions(runtime: Runtime) -> Handler:
     """The handler, with the signatures it has seen (per signing secret: a reload may
     change it)."""
     checks: dict[str, SignatureCheck] = {}
+    muting = asyncio.Lock()  # two presses of Mute at once see each other's silence
 
     async def handle(request: web.Request) -> web.StreamResponse:
         slack = runtime.config.slack
@@ -86,18 +88,19 @@ def interactions(runtime: Runtime) -> Handler:
             return _error(400, str(exc))
         if press is None:
             return web.Response(status=200)  # another button of the app: not ours to do
-        return await _carry_out(runtime, press)
+        return await _carry_out(runtime, press, muting)
 
     return handle
 
 
-async def _carry_out(runtime: Runtime, press: ButtonPress) -> web.Response:
+async def _carry_out(runtime: Runtime, press: ButtonPress, muting: asyncio.Lock) -> web.Response:
     incident = press.incident
     settings = runtime.config.destinations.get(incident.destination)
     if settings is None or settings.type != "slack-api":
         return _error(400, "the button names no slack-api destination of this bridge")
     now = time.time()
     store = runtime.store
+    done = "acknowledged" if press.action == "acknowledge" else "muted for 24h"
     try:
         if press.action == "acknowledge":
             ack = Acknowledgement(
@@ -111,7 +114,13 @@ async def _carry_out(runtime: Runtime, press: ButtonPress) -> web.Response:
             )
             await store.acknowledge(ack)
         else:
-            await store.add_silence(mute(press, now), now)
+            async with muting:
+                wanted = mute(press, now)
+                found = muting_already(wanted, await store.silences(now))
+                if found is None:
+                    await store.add_silence(wanted, now)
+                else:
+                    done = f"already muted by silence {found.id}"
         await store.redraw(
             incident.destination, incident.factory, incident.trigger, incident.anchor, now
         )
@@ -124,7 +133,7 @@ async def _carry_out(runtime: Runtime, press: ButtonPress) -> web.Response:
         bounded(incident.factory, FIELD_LIMIT),
         bounded(incident.trigger, FIELD_LIMIT),
         incident.anchor,
-        "acknowledged" if press.action == "acknowledge" else "muted for 24h",
+        done,
         press.user.author,
     )
     runtime.dispatcher.wake([incident.destination])

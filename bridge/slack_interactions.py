@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from bridge.silences import NewSilence, literal
+from bridge.silences import NewSilence, Silence, literal
 
 SIGNATURE_HEADER = "X-Slack-Signature"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
@@ -40,6 +40,9 @@ VALUE_LIMIT = 2000
 
 # How long the "Mute 24h" button mutes.
 MUTE_FOR = 24 * 3600.0
+# A press while the trigger is muted there for this long at least adds no silence: a double
+# press, or two people pressing the same root, makes one.
+MUTED_ENOUGH = MUTE_FOR - 3600.0
 
 ACKNOWLEDGE = "jobserv-bridge-acknowledge"
 MUTE = "jobserv-bridge-mute"
@@ -138,6 +141,19 @@ def mute(press: ButtonPress, now: float) -> NewSilence:
         comment=f"Muted in Slack (the incident since #{incident.anchor})",
         author=press.user.author,
     )
+
+
+def muting_already(wanted: NewSilence, silences: Iterable[Silence]) -> Silence | None:
+    """A silence in force at `wanted`'s start that mutes the same, for MUTED_ENOUGH more."""
+    for silence in silences:
+        if (
+            (silence.factory, silence.trigger, silence.destination)
+            == (wanted.factory, wanted.trigger, wanted.destination)
+            and silence.starts_at <= wanted.starts_at
+            and silence.ends_at >= wanted.starts_at + MUTED_ENOUGH
+        ):
+            return silence
+    return None
 
 
 def parse_press(body: bytes) -> ButtonPress | None:

@@ -181,6 +181,28 @@ async def test_mute_makes_a_silence_of_the_trigger_shown_on_the_root_and_listed(
         assert "3 failed builds" in root(slack).headline
 
 
+async def test_mute_pressed_twice_or_by_two_at_once_makes_one_silence(tmp_path: Path) -> None:
+    async with FakeSlack() as slack, bridge(config(tmp_path, slack)) as client:
+        await build(client, 41)
+        first = root(slack)  # as each presser sees it, Mute still on it
+
+        async def mute_as(user_id: str, username: str) -> int:
+            value = buttons(first)[MUTE]
+            data = form(
+                block_actions(MUTE, value, user_id=user_id, username=username, message_ts=first.ts)
+            )
+            response = await client.post("/slack/interactions", data=data, headers=signed(data))
+            return response.status
+
+        statuses = await asyncio.gather(mute_as("U0ANA", "ana"), mute_as("U0BOB", "bob"))
+        assert statuses == [200, 200]
+        assert await mute_as("U0CARL", "carl") == 200  # later, on the same stale root
+        await drained(client.app[RUNTIME].store)
+
+        assert len(await client.app[RUNTIME].store.silences(None)) == 1
+        assert ":mute: Muted until <!date^" in said(root(slack))
+
+
 async def test_forged_stale_and_replayed_presses_are_refused(tmp_path: Path) -> None:
     async with FakeSlack() as slack, bridge(config(tmp_path, slack)) as client:
         await build(client, 41)
