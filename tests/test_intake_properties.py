@@ -310,8 +310,10 @@ def builds(draw: st.DrawFn) -> Generated:
         expected = {400}  # not a build, whoever it is from
     for _ in range(draw(st.integers(min_value=0, max_value=2))):
         target = build
+        # Runs as generated, or what an earlier pass put in their place (any JSON).
         runs = build.get("runs")
-        if isinstance(runs, list) and runs and draw(st.booleans()):
+        runs = [run for run in runs if isinstance(run, dict)] if isinstance(runs, list) else []
+        if runs and draw(st.booleans()):
             target = draw(st.sampled_from(runs))
             key = draw(st.sampled_from(RUN_KEYS))
         else:
