@@ -5,7 +5,10 @@ of a threaded destination's messages, and what a late build's transition knows a
 
 from __future__ import annotations
 
+import time
+
 from bridge.incidents import Record, Seen, Window, window
+from bridge.silences import Acknowledgement
 from bridge.store import Store
 from tests.conftest import plan
 from tests.test_store import backend, event, store
@@ -84,6 +87,37 @@ async def test_records_are_kept_replaced_read_by_window_and_dropped(store: Store
     await store.drop_thread_records(*where, [replies[0].key, ("root", 12, 12)])
     left = await store.thread_records(*where, Window(None, None, {}))
     assert sorted(left, key=lambda r: r.key) == sorted([moved, replies[1]], key=lambda r: r.key)
+
+
+async def test_a_purge_forgets_an_incident_once_none_of_its_builds_is_left(store: Store) -> None:
+    """#3-#4 failed and #5 fixed them, long ago; #7 failed long ago and #8 fails today. The
+    purge takes the old events: the closed incident's records go, the open one's stay."""
+    long_ago = time.time() - 30 * 86400
+    for n, status in [(3, "FAILED"), (4, "FAILED"), (5, "PASSED"), (7, "FAILED")]:
+        await store.accept(event(n, at=long_ago, status=status), plan([]))
+    await store.accept(event(8), plan([]))
+    where = ("chat", "andy-corp", TRIGGER)
+    closed = [Record("root", 3, 3, "C1/3.0", "R3"), Record("reply", 3, 5, "C1/5.0", "B5")]
+    open_ = [Record("root", 7, 7, "C1/7.0", "R7"), Record("reply", 7, 8, "C1/8.0", "B8")]
+    for record in closed + open_:
+        await store.save_thread_record(*where, record)
+    for anchor in (3, 7):
+        ack = Acknowledgement(
+            destination="chat",
+            factory="andy-corp",
+            trigger=TRIGGER,
+            anchor=anchor,
+            user_id="U1",
+            user_name="ana",
+            at=long_ago,
+        )
+        await store.acknowledge(ack)
+
+    await store.purge(long_ago + 1, ("sent",))
+
+    left = await store.thread_records(*where, Window(None, None, {}))
+    assert sorted(r.key for r in left) == sorted(r.key for r in open_)
+    assert [a.anchor for a in await store.acknowledgements(*where)] == [7]
 
 
 async def test_a_late_failure_knows_the_builds_above_it(store: Store) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from bridge.store.postgres_pool import PostgresPool, row_count
 from bridge.store.records import (
+    FORGET_INCIDENTS,
     DeliveryRow,
     DestinationStats,
     EventRow,
@@ -62,6 +63,8 @@ class PostgresReports(PostgresPool):
                 before,
             )
             await c.execute("DELETE FROM silences WHERE ends_at < $1", before)
+            for statement in FORGET_INCIDENTS:
+                await c.execute(statement)
             return deleted
 
         return await self._run(work, transaction=True)

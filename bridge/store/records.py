@@ -16,6 +16,19 @@ from bridge.transitions import Transition
 # later to arrive).
 LATEST_COPY = "ORDER BY coalesce(completed_at, 0) DESC, id DESC LIMIT 1"
 
+# A purge forgets an incident's thread records and acknowledgement once no event of it is
+# left: none from its first failed build to the build that fixed it (or on, while none has).
+# So an open incident that still gets builds keeps them; a build of a forgotten one that
+# arrives later starts a new root.
+FORGET_INCIDENTS = tuple(
+    f"DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM events e"
+    f" WHERE e.factory = {table}.factory AND e.trigger = {table}.trigger"
+    f" AND e.build_id >= {table}.anchor AND e.build_id <= coalesce((SELECT min(b.build_id)"
+    f" FROM builds b WHERE b.factory = {table}.factory AND b.trigger = {table}.trigger"
+    f" AND b.build_id > {table}.anchor AND b.status = 'PASSED'), {2**63 - 1}))"
+    for table in ("thread_messages", "acknowledgements")
+)
+
 log = logging.getLogger("bridge.store")
 
 # `silenced`: a delivery a silence muted at intake, kept to be shown and never sent.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from bridge.store.records import (
+    FORGET_INCIDENTS,
     DeliveryRow,
     DestinationStats,
     EventRow,
@@ -58,6 +59,8 @@ class SqliteReports(SqliteWriter):
                 (before,),
             )
             c.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
+            for statement in FORGET_INCIDENTS:
+                c.execute(statement)
             return deleted
 
         return await self._call(work)
