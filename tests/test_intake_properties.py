@@ -149,11 +149,15 @@ class Intake:
         return answer
 
     def all_delivered(self) -> None:
-        """Every delivery of every accepted event ends, sent or dead (a bounded wait)."""
+        """Every delivery of every accepted event ends, sent or dead (a bounded wait).
+
+        The bridge's loop runs only inside the runner: it runs while this waits, so that the
+        lanes send and their outcomes (written after a short gathering) reach the store.
+        """
         deadline = time.monotonic() + 30.0
         while self.pending():
             assert time.monotonic() < deadline, f"{self.pending()} deliveries still pending"
-            time.sleep(0.05)
+            self.runner.run(asyncio.sleep(0.05))
 
     def pending(self) -> int:
         (count,) = self.database.execute(
