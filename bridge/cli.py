@@ -6,9 +6,7 @@ import argparse
 import asyncio
 import http.client
 import json
-import logging
 import os
-import signal
 import sys
 import time
 import urllib.error
@@ -24,12 +22,12 @@ from bridge.config import Config, ConfigError, load_config
 from bridge.durations import parse_duration
 from bridge.failed_tests import FailedTestsFetcher, RunTests, http_url
 from bridge.jobserv import SIGNATURE_HEADER, Build, NotABuild, parse_build, sign
-from bridge.logs import configure as configure_logging
 from bridge.logs import one_line
 from bridge.redact import Redactor
 from bridge.rehearsal import template_problems
 from bridge.render import TemplateError, context, render_message
 from bridge.routing import explain, targets
+from bridge.serve import serve
 from bridge.silence_cli import SilenceCommandError, add_commands, run_silence
 from bridge.store import State, Store, StoreUnavailable, open_store
 from bridge.text import duration_text, plural
@@ -134,42 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    redact = Redactor(config.secrets())
-    configure_logging(args.log_level, args.log_format, redact)
-    log = logging.getLogger("bridge")
-    host, port = config.server.host, config.server.port
-    try:
-        asyncio.run(_serve_until_signalled(config, redact))
-    except OSError as exc:
-        print(
-            f"jobserv-bridge: cannot listen on {host}:{port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    log.info("stopped")
-    return 0
-
-
-async def _serve_until_signalled(config: Config, redact: Redactor) -> None:
-    """Serve until SIGTERM or SIGINT; then stop taking requests and finish those in flight."""
-    from bridge.listener import listening
-    from bridge.server import RUNTIME, create_app
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    app = create_app(config, redact)
-    refused = app[RUNTIME].metrics.refused
-    async with listening(app, config.server, lambda code: refused.labels(code).inc()) as runner:
-        port = runner.addresses[0][1]  # the one bound, when the config asks for any (0)
-        logging.getLogger("bridge").info(
-            "jobserv-bridge %s listening on http://%s:%d/webhook",
-            __version__,
-            config.server.host,
-            port,
-        )
-        await stop.wait()
+    return 0 if serve(config, args.log_level, args.log_format) else EXIT_FAILURE
 
 
 def _read_build(path: Path) -> Build:
