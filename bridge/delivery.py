@@ -350,6 +350,12 @@ class Dispatcher:
         """Wake every lane: after deliveries were queued again, say."""
         self.wake(list(self.lanes))
 
+    def arrived(self, body: bytes, build: Build, destinations: list[str]) -> None:
+        """A new event for these lanes: they would parse its body again, so keep its build."""
+        if destinations:
+            self.events.add(body, build)
+            self.wake(destinations)
+
     def wake(self, destinations: list[str]) -> None:
         for name in destinations:
             lane = self.lanes.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
@@ -22,9 +23,13 @@ RENDERS_PER_EVENT = 4
 @dataclass
 class ParsedEvent:
     build: Build
-    facts: dict[str, Any]
     # Messages that do not depend on the destination's name, by what they depend on.
     renders: dict[Hashable, Rendered] = field(default_factory=dict)
+
+    @cached_property
+    def facts(self) -> dict[str, Any]:
+        """The template facts of the build (see bridge.render.build_context)."""
+        return build_context(self.build)
 
     def message(
         self,
@@ -77,24 +82,39 @@ class ParsedEvent:
 
 class ParsedEvents:
     """Stored events parsed, with their template facts: one event often goes to several
-    destinations, so the lanes share this (a few hundred events, the most recent)."""
+    destinations, so the lanes share this (a few hundred events, the most recent).
+
+    The intake hands over the builds it has just parsed, apart: a lane behind a burst must
+    not find the events it is sending pushed out by newer ones it will not reach for a while.
+    """
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         # Keyed by the body itself: the same bytes always parse the same.
         self.entries: OrderedDict[bytes, ParsedEvent] = OrderedDict()
+        self.arrived: OrderedDict[bytes, Build] = OrderedDict()
 
     def get(self, delivery: Delivery) -> tuple[Build, dict[str, Any]]:
         found = self.event(delivery)
         return found.build, found.facts
 
     def event(self, delivery: Delivery) -> ParsedEvent:
-        found = self.entries.get(delivery.body)
+        body = delivery.body
+        found = self.entries.get(body)
         if found is not None:
-            self.entries.move_to_end(delivery.body)
+            self.entries.move_to_end(body)
             return found
-        build = parse_build(delivery.body)
-        found = self.entries[delivery.body] = ParsedEvent(build, build_context(build))
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        build = self.arrived.pop(body, None) or parse_build(body)
+        found = self.entries[body] = ParsedEvent(build)
+        _bound(self.entries, self.size)
         return found
+
+    def add(self, body: bytes, build: Build) -> None:
+        """Keep `build`, just parsed from `body` by the intake, for the lanes to come."""
+        self.arrived[body] = build
+        _bound(self.arrived, self.size)
+
+
+def _bound(entries: OrderedDict[bytes, Any], size: int) -> None:
+    if len(entries) > size:
+        entries.popitem(last=False)

@@ -174,7 +174,7 @@ async def _intake(request: web.Request) -> web.Response:
         ", ".join(destinations) or "no destination",
         extra=fields,
     )
-    runtime.dispatcher.wake(destinations)
+    runtime.dispatcher.arrived(body, build, destinations)
     return web.json_response(answer, status=202)
 
 

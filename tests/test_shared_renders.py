@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Config
+from bridge.jobserv import parse_build
 from bridge.parsed_events import ParsedEvents
 from bridge.render import compile_template
 from bridge.server import create_app
@@ -115,3 +116,20 @@ async def test_each_destination_gets_its_own_name_mentions_and_chat_fields(
     failed = [1, 3, 5]
     assert [m["mentions"] for m in sent("y") if m["build"] in failed] == [["@alice"]] * 3
     assert [m["mentions"] for m in sent("z") if m["build"] in failed] == [["@bob", "@carol"]] * 3
+
+
+def test_the_lanes_take_the_build_the_intake_parsed_and_keep_their_own() -> None:
+    events = ParsedEvents(size=2)
+    body = build_body(7)
+    parsed = parse_build(body)
+    events.add(body, parsed)
+    sending = events.event(Delivery(1, 1, "m1", 0, 0.0, body))
+    assert sending.build is parsed  # not parsed again
+    # A burst of arrivals does not push out what the lanes are sending now.
+    for number in range(8, 20):
+        events.add(build_body(number), parse_build(build_body(number)))
+    assert events.event(Delivery(2, 1, "m2", 0, 0.0, body)) is sending
+    # And an arrival no lane reached before it was dropped is parsed when one does.
+    late = events.event(Delivery(3, 2, "m1", 0, 0.0, build_body(8)))
+    assert late.build == parse_build(build_body(8))
+    assert late.facts["build_id"] == 8
