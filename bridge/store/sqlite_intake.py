@@ -9,7 +9,7 @@ import time
 
 from bridge.store.records import Accepted, NewEvent, Plan, muted, planned
 from bridge.store.sqlite_silences import in_force
-from bridge.store.sqlite_writer import HIGHEST, SqliteWriter, scalar
+from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter
 from bridge.transitions import (
     STREAK_LIMIT,
     History,
@@ -98,39 +98,34 @@ def _history(c: sqlite3.Connection, event: NewEvent) -> History:
     """The build before this one and the failing streak it ends, reading only that far.
 
     A re-run that completed the same build earlier with another status counts as the
-    build before: a re-run that passes fixes the build that had failed.
+    build before: a re-run that passes fixes the build that had failed. What is read is read
+    in as few statements as it can be: each one hands the GIL to SQLite and back.
     """
     trigger = (event.factory, event.trigger)
-    rerun = c.execute(
-        "SELECT status FROM builds WHERE factory = ? AND trigger = ? AND build_id = ?"
-        " AND status != ? AND coalesce(completed_at, 0) <= coalesce(?, 0)",
+    rerun, prior_id, prior_status, later = c.execute(
+        "SELECT (SELECT status FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id = ?3 AND status != ?4 AND coalesce(completed_at, 0) <= coalesce(?5, 0)),"
+        " (SELECT build_id FROM builds WHERE factory = ?1 AND trigger = ?2 AND build_id < ?3"
+        "  ORDER BY build_id DESC LIMIT 1),"
+        " (SELECT status FROM builds WHERE factory = ?1 AND trigger = ?2 AND build_id < ?3"
+        "  ORDER BY build_id DESC LIMIT 1),"
+        " (SELECT max(build_id) FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id > ?3)",
         (*trigger, event.build_id, event.status, event.completed_at),
     ).fetchone()
-    prior = c.execute(
-        "SELECT build_id, status FROM builds WHERE factory = ? AND trigger = ? AND build_id < ?"
-        " ORDER BY build_id DESC LIMIT 1",
-        (*trigger, event.build_id),
-    ).fetchone()
-    failed_before = prior is not None and prior[1] == "FAILED"
+    failed_before = prior_id is not None and prior_status == "FAILED"
     before = streak_history(
         event.build_id,
-        rerun[0] if rerun else None,
-        (prior[0], prior[1]) if prior else None,
+        rerun,
+        (prior_id, prior_status) if prior_id is not None else None,
         _streak(c, trigger, event.build_id) if failed_before else None,
     )
-    return _above(c, before, event)
+    return before if later is None else _above(c, before, event, later)
 
 
-def _above(c: sqlite3.Connection, before: History, event: NewEvent) -> History:
+def _above(c: sqlite3.Connection, before: History, event: NewEvent, later: int) -> History:
     """What is known above a late build: its newest, and the failing streak just above."""
     key = (event.factory, event.trigger, event.build_id)
-    later = scalar(
-        c,
-        "SELECT max(build_id) FROM builds WHERE factory = ? AND trigger = ? AND build_id > ?",
-        key,
-    )
-    if later is None:
-        return before
     ended = c.execute(
         "SELECT build_id, status FROM builds INDEXED BY builds_ended WHERE factory = ?"
         " AND trigger = ? AND build_id > ? AND status != 'FAILED' ORDER BY build_id LIMIT 1",
@@ -147,18 +142,14 @@ def _above(c: sqlite3.Connection, before: History, event: NewEvent) -> History:
 def _streak(c: sqlite3.Connection, trigger: tuple[str, str], build_id: int) -> tuple[int, int]:
     """The first build and the length (counted up to STREAK_LIMIT) of the failing streak
     just below `build_id`; index lookups, however long the streak."""
-    ended = c.execute(
-        "SELECT build_id FROM builds INDEXED BY builds_ended"
-        " WHERE factory = ? AND trigger = ? AND build_id < ? AND status != 'FAILED'"
-        " ORDER BY build_id DESC LIMIT 1",
-        (*trigger, build_id),
-    ).fetchone()
-    span = (*trigger, ended[0] if ended else -(2**63), build_id)
     since, count = c.execute(
-        "SELECT (SELECT build_id FROM builds WHERE factory = ?1 AND trigger = ?2"
-        "  AND build_id > ?3 AND build_id < ?4 ORDER BY build_id LIMIT 1),"
-        " (SELECT count(*) FROM (SELECT 1 FROM builds"
-        "  WHERE factory = ?1 AND trigger = ?2 AND build_id > ?3 AND build_id < ?4 LIMIT ?5))",
-        (*span, STREAK_LIMIT),
+        "WITH ended (id) AS (SELECT coalesce((SELECT build_id FROM builds"
+        "  INDEXED BY builds_ended WHERE factory = ?1 AND trigger = ?2 AND build_id < ?3"
+        "  AND status != 'FAILED' ORDER BY build_id DESC LIMIT 1), ?4))"
+        " SELECT (SELECT build_id FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id > (SELECT id FROM ended) AND build_id < ?3 ORDER BY build_id LIMIT 1),"
+        " (SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = ?1 AND trigger = ?2"
+        "  AND build_id > (SELECT id FROM ended) AND build_id < ?3 LIMIT ?5))",
+        (*trigger, build_id, LOWEST, STREAK_LIMIT),
     ).fetchone()
     return since, count
