@@ -31,6 +31,9 @@ log = logging.getLogger("bridge.intake")
 
 # The sections a reload cannot change: they take effect at the next restart.
 _RESTART_SECTIONS = ("server", "store", "admin")
+# The chats' HTTP session has no deadline of its own: every chat call runs within its lane's
+# `timeout` (bridge.delivery), and aiohttp's default 5 minutes only added a timer to each.
+CHAT_SESSION_TIMEOUT = aiohttp.ClientTimeout()
 
 
 class NotStarted(RuntimeError):
@@ -86,7 +89,7 @@ class Runtime:
         await store.open(serving=True)
         stack.push_async_callback(store.close)
         self._store = store
-        session = aiohttp.ClientSession()
+        session = aiohttp.ClientSession(timeout=CHAT_SESSION_TIMEOUT)
         stack.push_async_callback(session.close)
         self._session = session
         tests = FailedTestsFetcher(session)  # used while the config has a [jobserv] section
