@@ -141,6 +141,32 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_failing_job_leaves_the_claims_of_its_batch_as_they_would_be_alone(
+    tmp_path: Path,
+) -> None:
+    """Jobs run without a savepoint each until one fails; then the batch runs again, each in
+    its own. A lane's claim in that batch (claims live in memory) is undone with the rest
+    and made again: what it claimed is returned, and stays claimed."""
+    store = SqliteStore(tmp_path / "outbox.sqlite3")
+    await store.open(serving=True)
+    try:
+        for number in (1, 2):
+            await accept_body(store, event_body(number), ["a"])
+        now = time.time()
+        # Queued at once, so that they share a batch: a claim, then a job that fails.
+        claim, failed = await asyncio.gather(
+            store.claim("a", now, 10, 60.0),
+            store._call(lambda c: c.execute("SELECT * FROM no_such_table")),
+            return_exceptions=True,
+        )
+        assert isinstance(failed, StoreUnavailable), failed
+        assert not isinstance(claim, BaseException), claim
+        assert sorted(d.build_id for d in claim.deliveries) == [1, 2]
+        assert (await store.claim("a", now, 10, 60.0)).deliveries == []  # still claimed
+    finally:
+        await store.close()
+
+
 def remount(disk: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
 
