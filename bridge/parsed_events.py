@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.jobserv import Build, parse_build
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # Messages kept per event: one per template and chat type it went out with, at most.
 RENDERS_PER_EVENT = 4
+# The most bytes of bodies kept parsed (for the lanes, and again for the intake's hand-over).
+BODIES_BUDGET = 4 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,11 +91,10 @@ class ParsedEvents:
     not find the events it is sending pushed out by newer ones it will not reach for a while.
     """
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
+    def __init__(self, size: int = 256, budget: int = BODIES_BUDGET) -> None:
         # Keyed by the body itself: the same bytes always parse the same.
-        self.entries: OrderedDict[bytes, ParsedEvent] = OrderedDict()
-        self.arrived: OrderedDict[bytes, Build] = OrderedDict()
+        self.entries: Recent[ParsedEvent] = Recent(size, budget)
+        self.arrived: Recent[Build] = Recent(size, budget)
 
     def get(self, delivery: Delivery) -> tuple[Build, dict[str, Any]]:
         found = self.event(delivery)
@@ -101,20 +103,42 @@ class ParsedEvents:
     def event(self, delivery: Delivery) -> ParsedEvent:
         body = delivery.body
         found = self.entries.get(body)
-        if found is not None:
-            self.entries.move_to_end(body)
-            return found
-        build = self.arrived.pop(body, None) or parse_build(body)
-        found = self.entries[body] = ParsedEvent(build)
-        _bound(self.entries, self.size)
+        if found is None:
+            found = ParsedEvent(self.arrived.pop(body) or parse_build(body))
+            self.entries.put(body, found)
         return found
 
     def add(self, body: bytes, build: Build) -> None:
         """Keep `build`, just parsed from `body` by the intake, for the lanes to come."""
-        self.arrived[body] = build
-        _bound(self.arrived, self.size)
+        self.arrived.put(body, build)
 
 
-def _bound(entries: OrderedDict[bytes, Any], size: int) -> None:
-    if len(entries) > size:
-        entries.popitem(last=False)
+class Recent(Generic[T]):
+    """What was kept last, by body: at most `size` entries and `budget` bytes of bodies (a
+    body may be as large as the intake takes, and what is parsed from it larger still), but
+    always the newest."""
+
+    def __init__(self, size: int, budget: int) -> None:
+        self.size, self.budget = size, budget
+        self.items: OrderedDict[bytes, T] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, body: bytes) -> T | None:
+        found = self.items.get(body)
+        if found is not None:
+            self.items.move_to_end(body)
+        return found
+
+    def pop(self, body: bytes) -> T | None:
+        found = self.items.pop(body, None)
+        if found is not None:
+            self.bytes -= len(body)
+        return found
+
+    def put(self, body: bytes, value: T) -> None:
+        self.pop(body)
+        self.items[body] = value
+        self.bytes += len(body)
+        while len(self.items) > 1 and (len(self.items) > self.size or self.bytes > self.budget):
+            oldest, _ = self.items.popitem(last=False)
+            self.bytes -= len(oldest)

@@ -133,3 +133,27 @@ def test_the_lanes_take_the_build_the_intake_parsed_and_keep_their_own() -> None
     late = events.event(Delivery(3, 2, "m1", 0, 0.0, build_body(8)))
     assert late.build == parse_build(build_body(8))
     assert late.facts["build_id"] == 8
+
+
+def test_what_is_kept_parsed_is_bounded_by_the_bytes_of_its_bodies_too() -> None:
+    """A build may be as large as the intake takes (a 1 MB reason, thousands of runs):
+    what the lanes keep parsed is bounded in bytes as well as in count."""
+    big = [big_body(n) for n in range(1, 6)]
+    events = ParsedEvents(size=256, budget=3 * len(big[0]))
+    for body in big:  # arrivals no lane has reached yet
+        events.add(body, parse_build(body))
+    assert list(events.arrived.items) == big[-3:]
+    for body in big:  # the lanes sending them
+        events.event(Delivery(1, 1, "m1", 0, 0.0, body))
+    assert list(events.entries.items) == big[-3:]
+    assert not events.arrived.items and events.arrived.bytes == 0
+    # The newest is kept whatever its size.
+    huge = big_body(6, 5 * len(big[0]))
+    events.event(Delivery(2, 2, "m1", 0, 0.0, huge))
+    assert list(events.entries.items) == [huge]
+
+
+def big_body(number: int, size: int = 200_000) -> bytes:
+    build = json.loads(build_body(number))
+    build["reason"] = "x" * size
+    return json.dumps(build).encode()
