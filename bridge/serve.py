@@ -62,7 +62,8 @@ def _spare_the_collector() -> None:
     """What serve has loaded lives as long as the process: the cyclic garbage collector need
     not walk it again and again. And at hundreds of webhooks a second, the default young
     generation (700 new objects) is collected thousands of times a second: collect it more
-    rarely (its garbage is small, a few MB at most)."""
+    rarely (its garbage is small, a few MB at most). What is frozen is never collected: a
+    reload that drops startup's config in a cycle keeps it, once, not at every reload."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*SERVE_GC_THRESHOLDS)
