@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -141,29 +142,47 @@ async def test_a_job_that_fails_in_a_batch_fails_alone(tmp_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("file_locked", [False, True], ids=["on the loop", "on the thread"])
 async def test_a_failing_job_leaves_the_claims_of_its_batch_as_they_would_be_alone(
-    tmp_path: Path,
+    tmp_path: Path, file_locked: bool
 ) -> None:
     """Jobs run without a savepoint each until one fails; then the batch runs again, each in
     its own. A lane's claim in that batch (claims live in memory) is undone with the rest
-    and made again: what it claimed is returned, and stays claimed."""
-    store = SqliteStore(tmp_path / "outbox.sqlite3")
+    and made again: what it claimed is returned, and stays claimed.
+
+    A lane's jobs run on the event loop; while another writer holds the file (a CLI
+    command, here) they wait on the writer thread instead, and the loop runs on."""
+    path = tmp_path / "outbox.sqlite3"
+    store = SqliteStore(path)
     await store.open(serving=True)
+    other = sqlite3.connect(path, isolation_level=None)
     try:
         for number in (1, 2):
             await accept_body(store, event_body(number), ["a"])
         now = time.time()
+        if file_locked:
+            other.execute("BEGIN IMMEDIATE")
         # Queued at once, so that they share a batch: a claim, then a job that fails.
-        claim, failed = await asyncio.gather(
+        both = asyncio.gather(
             store.claim("a", now, 10, 60.0),
-            store._call(lambda c: c.execute("SELECT * FROM no_such_table")),
+            store._call(lambda c: c.execute("SELECT * FROM no_such_table"), quick=True),
             return_exceptions=True,
         )
+        if file_locked:
+            began = time.monotonic()
+            await asyncio.sleep(0.2)
+            # Had the loop waited for the lock, it would still be waiting (the test holds
+            # the lock until it runs again): the store's busy timeout is 10 s.
+            assert time.monotonic() - began < 5.0
+            assert not both.done()
+            other.execute("COMMIT")
+        claim, failed = await both
         assert isinstance(failed, StoreUnavailable), failed
         assert not isinstance(claim, BaseException), claim
         assert sorted(d.build_id for d in claim.deliveries) == [1, 2]
         assert (await store.claim("a", now, 10, 60.0)).deliveries == []  # still claimed
     finally:
+        other.close()
         await store.close()
 
 

@@ -93,13 +93,13 @@ class SqliteLanes(SqliteWriter):
             self._hold([d.id for d in taken], now + lease)
             return Claim(taken, next_due, drained)
 
-        return await self._call(work)
+        return await self._call(work, quick=True)
 
     async def release(self, ids: list[int]) -> None:
         self._flush_sent()
-        await self._call(lambda c: self._let_go(ids))
+        await self._call(lambda c: self._let_go(ids), quick=True)
 
-    # -- claims, in memory (on the writer thread) ----------------------------
+    # -- claims, in memory (changed by jobs alone) ------------------------------
 
     def _hold(self, ids: list[int], until: float) -> None:
         before = {i: self._claims.get(i) for i in ids}
@@ -127,7 +127,7 @@ class SqliteLanes(SqliteWriter):
             )
             self._let_go([delivery_id])
 
-        await self._call(work)
+        await self._call(work, quick=True)
 
     async def mark_sent(self, delivery_id: int, now: float) -> None:
         await self._finish(delivery_id, "sent", now, None, now)
@@ -155,7 +155,7 @@ class SqliteLanes(SqliteWriter):
             self._let_go([delivery_id for delivery_id, _ in batch])
 
         try:
-            written = self._submit(work)
+            written = self._submit(work, quick=True)
         except StoreUnavailable as exc:
             self._sent_failed(batch, exc)
             return
