@@ -9,7 +9,9 @@ The store is made slow or unwilling for real: another connection holds SQLite's 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import closing, contextmanager
@@ -133,28 +135,44 @@ async def test_noted_sends_are_written_and_never_claimed_again_meanwhile(outbox:
     assert await claim_ids(outbox, "ci-alerts", t0 + 2 * LEASE) == []  # done, for good
 
 
-async def test_bookkeeping_never_commits_inside_the_intakes_synced_batch(
-    sqlite_store: SqliteStore,
+@contextmanager
+def log_sync_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Hold every sync of a write-ahead log (`-wal`) until the event is set: the real
+    fsync, made as slow as a disk that takes that long. Set on leaving."""
+    real_fsync = os.fsync
+    release = threading.Event()
+
+    def held_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+async def test_the_intake_is_answered_after_its_sync_and_the_lanes_do_not_wait_for_it(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = sqlite_store
     t0 = time.time()
     await store.accept(event(0, at=t0), plan(["ci-alerts"]))
-    with write_lock_held(store.path):
-        # The writer takes this claim and waits for the lock; meanwhile an intake and
-        # more bookkeeping queue up, and reach the writer together, as under load.
-        first = asyncio.ensure_future(store.claim("ci-alerts", t0, 32, LEASE))
-        await asyncio.sleep(0.2)
+    with log_sync_held(monkeypatch) as release:
         accepted = asyncio.ensure_future(store.accept(event(1, at=t0), plan(["ci-alerts"])))
-        # The connection's sync setting as a bookkeeping job sees it: NORMAL is 1, FULL 2.
-        synchronous = asyncio.ensure_future(
-            store._call(lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0]))
-        )
         await asyncio.sleep(0.2)
-    await asyncio.wait_for(asyncio.gather(first, accepted, synchronous), 15)
-
-    assert synchronous.result() == 1  # its own commit, without the intake's sync
-    assert len(first.result().deliveries) == 1
-    assert not accepted.result().duplicate
+        # The event is committed (its delivery can be claimed), but not on the disk: no
+        # answer yet. The lanes' claims and outcomes go on all the same.
+        assert not accepted.done()
+        claimed = await asyncio.wait_for(store.claim("ci-alerts", t0, 32, LEASE), 5)
+        assert sorted(d.build_id for d in claimed.deliveries) == [0, 1]
+        await asyncio.wait_for(store.mark_retry(claimed.deliveries[0].id, t0, "429", t0), 5)
+        assert not accepted.done()
+        release.set()
+        answer = await asyncio.wait_for(accepted, 5)
+    assert not answer.duplicate
 
 
 async def test_a_serving_store_checkpoints_its_log_off_the_writer_thread(

@@ -1,9 +1,14 @@
 """The SQLite outbox's writer thread, with group commit (see bridge.store.sqlite), and the
 small helpers its callers share.
 
-The lanes' quick jobs (claims, outcomes) run on the event loop instead, on a connection of
-their own, whenever no other writer holds the file: handing each to the thread and back
-passes the GIL between the two threads twice, which cost a delivery a sixth of its CPU.
+Every commit is made without a sync (synchronous=NORMAL: SQLite only writes the log);
+the thread then syncs the log itself, after the commit has let go of the file's write
+lock, and only then answers a durable batch. So the intake's sync holds up no other
+writer: the lanes' claims and outcomes go on while it lasts.
+
+The lanes' quick jobs (claims, outcomes) run on the event loop, on a connection of their
+own, whenever no other writer holds the file: handing each to the thread and back passes
+the GIL between the two threads twice, which cost a delivery a sixth of its CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ Settled = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class SqliteWriter:
-    """Opens the file (its schema migrated), and runs every store call on the writer thread."""
+    """Opens the file (its schema migrated), and runs every store call on the writer thread,
+    but the lanes' quick jobs, on the event loop when they can."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -47,7 +53,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._lock_file: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._synchronous = "FULL"  # the connection's setting, switched per batch
+        self._log: int | None = None  # the write-ahead log, opened to sync it
         # The event loop's connection for quick jobs (serving only), the jobs waiting for
         # it, and the bookkeeping jobs queued for the thread and not yet answered: while
         # there are any, quick jobs queue behind them, so that jobs run in the order queued.
@@ -81,11 +87,11 @@ class SqliteWriter:
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            self._synchronous = "FULL"
+            connection.execute("PRAGMA synchronous=NORMAL")  # the thread syncs (see above)
             if serving:  # its own thread checkpoints (see sqlite_checkpoint)
                 connection.execute("PRAGMA wal_autocheckpoint=0")
             migrate(connection)
+            self._log = _synced_log(self.path)
             if serving:
                 self._quick = _quick_connection(self.path)
         except (OSError, sqlite3.Error) as exc:
@@ -122,17 +128,16 @@ class SqliteWriter:
         if self._quick is not None:
             self._quick.close()
             self._quick = None
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
 
     def _run(self, connection: sqlite3.Connection) -> None:
-        """Take the jobs waiting; commit the bookkeeping ones, then the durable ones.
-
-        Two batches, so that neither kind waits for the other: the lanes' claims and
-        outcomes never ride (and wait for) the intake's fsync, and an intake batch waits at
-        most for one bookkeeping commit, which syncs nothing.
-        """
+        """Take the jobs waiting; commit the bookkeeping ones, then the durable ones (and
+        sync the log): the bookkeeping is answered without waiting for that sync."""
         while True:
             first = self._jobs.get()
             if first is None:
@@ -167,15 +172,12 @@ class SqliteWriter:
     def _run_batch(
         self, connection: sqlite3.Connection, batch: list[Job], *, began: bool = False
     ) -> list[Settled]:
-        """Run the batch in one transaction (`began`: already begun) and commit it."""
-        synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+        """Run the batch in one transaction (`began`: already begun) and commit it; a batch
+        with a durable job is answered once the log is on the disk."""
         try:
             if not began:
                 if connection.in_transaction:  # a batch before could not even roll back
                     connection.execute("ROLLBACK")
-                if synchronous != self._synchronous:
-                    connection.execute(f"PRAGMA synchronous={synchronous}")
-                    self._synchronous = synchronous
                 connection.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             return _failed(batch, exc)
@@ -190,7 +192,13 @@ class SqliteWriter:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
             self._forget(0)
-            results = _failed(batch, exc)
+            return _failed(batch, exc)
+        if any(durable for _, _, durable in batch):
+            try:
+                assert self._log is not None
+                os.fsync(self._log)  # not holding the write lock: the lanes go on meanwhile
+            except OSError as exc:  # committed, but maybe not on the disk: not accepted
+                return _failed(batch, exc, "cannot sync the store's log")
         return results
 
     def _answer(self, results: list[Settled], bookkeeping: int) -> None:
@@ -305,12 +313,27 @@ def bound(value: int | None, default: int) -> int:
 
 
 def sqlite_unavailable(what: str, exc: BaseException) -> StoreUnavailable:
-    return unavailable(what, exc, (sqlite3.Error,))
+    return unavailable(what, exc, (sqlite3.Error, OSError))
 
 
-def _failed(batch: list[Job], exc: BaseException) -> list[Settled]:
-    failure = sqlite_unavailable("store write failed", exc)
+def _failed(
+    batch: list[Job], exc: BaseException, what: str = "store write failed"
+) -> list[Settled]:
+    failure = sqlite_unavailable(what, exc)
     return [(future, None, failure) for _, future, _ in batch]
+
+
+def _synced_log(path: Path) -> int:
+    """The write-ahead log (a file descriptor, to sync it), with what is in it already and
+    its name in the folder on the disk."""
+    log = os.open(f"{path}-wal", os.O_RDONLY | os.O_CREAT, 0o600)
+    os.fsync(log)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return log
 
 
 def _quick_connection(path: Path) -> sqlite3.Connection:
