@@ -76,18 +76,20 @@ class JsonFormatter(logging.Formatter):
         self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        given = record.__dict__
         line: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self._value("message", record.getMessage()),
         }
-        line.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
+        for key in FIELDS:
+            if key in given:
+                line[key] = self._value(key, given[key])
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = self._value("exception", self.formatException(record.exc_info))
         # Redact before encoding too: JSON escapes would hide a secret with quotes in it.
-        line = {k: self._value(k, v) for k, v in line.items()}
-        text = self.redact(json.dumps(line, default=str, ensure_ascii=False))
+        text = self.redact(_JSON_ENCODER.encode(line))
         return text.translate(_JSON_ESCAPED)
 
     def _value(self, key: str, value: object) -> object:
@@ -95,6 +97,10 @@ class JsonFormatter(logging.Formatter):
             return value
         value = self.redact(value)
         return value if key == "exception" else bounded(value)
+
+
+# Made once: json.dumps with options makes an encoder per call, and every line is encoded.
+_JSON_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def configure(level: str, style: Literal["human", "json"], redact: Redactor) -> None:
