@@ -81,7 +81,7 @@ class SqliteIntake(SqliteWriter):
             names = tuple(t.destination for t in targets if t.silenced_by is None)
             return Accepted(event_id, len(targets), False, names, change)
 
-        return await self._call(work, durable=True, quick=True)
+        return await self._call(work, durable=True)
 
     async def ping(self) -> None:
         now = time.time()

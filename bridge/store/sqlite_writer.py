@@ -41,8 +41,6 @@ Undo = Callable[[], None]
 LOWEST, HIGHEST = -(2**63), 2**63 - 1
 # A job's future with its answer, or the error it is to raise.
 Settled = tuple[asyncio.Future[Any], Any, BaseException | None]
-# Jobs committed on the event loop, whose answers wait for the writer thread to sync the log.
-Synced = list[Settled]
 
 
 class SqliteWriter:
@@ -51,7 +49,7 @@ class SqliteWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._jobs: queue.SimpleQueue[Job | Synced | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock_file: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,55 +136,33 @@ class SqliteWriter:
             self._lock_file = None
 
     def _run(self, connection: sqlite3.Connection) -> None:
-        """Take the jobs waiting; commit the bookkeeping ones, then the durable ones, then
-        sync the log for those and for the durable jobs the loop committed: the bookkeeping
-        is answered without waiting for that sync."""
-        assert self._loop is not None
+        """Take the jobs waiting; commit the bookkeeping ones, then the durable ones (and
+        sync the log): the bookkeeping is answered without waiting for that sync."""
         while True:
-            item = self._jobs.get()
-            if item is None:
+            first = self._jobs.get()
+            if first is None:
                 break
-            waiting: list[Job] = []
-            synced: list[Settled] = []
+            waiting = [first]
             stop = False
-            while True:
-                if isinstance(item, list):
-                    synced.extend(item)
-                else:
-                    waiting.append(item)
-                if len(waiting) + len(synced) >= 2 * MAX_BATCH:
-                    break
+            while len(waiting) < 2 * MAX_BATCH:
                 try:
-                    next_item = self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if next_item is None:
+                if job is None:
                     stop = True
                     break
-                item = next_item
+                waiting.append(job)
             bookkeeping = [job for job in waiting if not job[2]]
             durable = [job for job in waiting if job[2]]
-            if bookkeeping:
-                results = self._run_batch(connection, bookkeeping)
-                self._loop.call_soon_threadsafe(self._answer, results, len(bookkeeping))
-            if durable:
-                synced.extend(self._run_batch(connection, durable))
-            if synced:
-                self._loop.call_soon_threadsafe(self._answer, self._sync_log(synced), 0)
+            for batch, queued in ((bookkeeping, len(bookkeeping)), (durable, 0)):
+                if batch:
+                    results = self._run_batch(connection, batch)
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._answer, results, queued)
             if stop:
                 break
         connection.close()
-
-    def _sync_log(self, committed: list[Settled]) -> list[Settled]:
-        """Sync the log (not holding the write lock: other writers go on meanwhile) for
-        these jobs, committed; those that succeeded fail if it cannot be synced."""
-        try:
-            assert self._log is not None
-            os.fsync(self._log)
-        except OSError as exc:  # committed, but maybe not on the disk: not accepted
-            failure = sqlite_unavailable("cannot sync the store's log", exc)
-            return [(future, None, error or failure) for future, _, error in committed]
-        return committed
 
     def _forget(self, mark: int) -> None:
         """Undo the in-memory changes made since `mark` (newest first)."""
@@ -196,8 +172,8 @@ class SqliteWriter:
     def _run_batch(
         self, connection: sqlite3.Connection, batch: list[Job], *, began: bool = False
     ) -> list[Settled]:
-        """Run the batch in one transaction (`began`: already begun) and commit it (the log
-        is synced apart: see _sync_log)."""
+        """Run the batch in one transaction (`began`: already begun) and commit it; a batch
+        with a durable job is answered once the log is on the disk."""
         try:
             if not began:
                 if connection.in_transaction:  # a batch before could not even roll back
@@ -217,6 +193,12 @@ class SqliteWriter:
                     connection.execute("ROLLBACK")
             self._forget(0)
             return _failed(batch, exc)
+        if any(durable for _, _, durable in batch):
+            try:
+                assert self._log is not None
+                os.fsync(self._log)  # not holding the write lock: the lanes go on meanwhile
+            except OSError as exc:  # committed, but maybe not on the disk: not accepted
+                return _failed(batch, exc, "cannot sync the store's log")
         return results
 
     def _answer(self, results: list[Settled], bookkeeping: int) -> None:
@@ -226,8 +208,8 @@ class SqliteWriter:
 
     def _run_quick(self) -> None:
         """On the loop: run the quick jobs waiting, unless another writer holds the file
-        (the writer thread, a CLI command): then they queue for the thread, as any other
-        job. The durable ones are answered once the writer thread has synced the log."""
+        (the writer thread, syncing the intake's commit; a CLI command): then they queue
+        for the thread, as any other job."""
         batch, self._quick_jobs = (
             self._quick_jobs[:MAX_QUICK_BATCH],
             self._quick_jobs[MAX_QUICK_BATCH:],
@@ -248,16 +230,7 @@ class SqliteWriter:
             for job in batch:
                 self._queue(job)
             return
-        results = self._run_batch(self._quick, batch, began=True)
-        to_sync = [r for r, job in zip(results, batch, strict=True) if job[2] and r[2] is None]
-        _settle_all([r for r, job in zip(results, batch, strict=True) if not job[2] or r[2]])
-        if not to_sync:
-            return
-        if self._thread is None or not self._thread.is_alive():
-            error = StoreUnavailable("the store's writer thread has stopped")
-            _settle_all([(future, None, error) for future, _, _ in to_sync])
-        else:
-            self._jobs.put(to_sync)  # the thread stops only after what is queued before
+        _settle_all(self._run_batch(self._quick, batch, began=True))
 
     def _run_jobs(self, connection: sqlite3.Connection, batch: list[Job]) -> list[Settled]:
         """Each job's answer; a job that fails is undone alone, the others stand.
@@ -343,8 +316,10 @@ def sqlite_unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     return unavailable(what, exc, (sqlite3.Error, OSError))
 
 
-def _failed(batch: list[Job], exc: BaseException) -> list[Settled]:
-    failure = sqlite_unavailable("store write failed", exc)
+def _failed(
+    batch: list[Job], exc: BaseException, what: str = "store write failed"
+) -> list[Settled]:
+    failure = sqlite_unavailable(what, exc)
     return [(future, None, failure) for _, future, _ in batch]
 
 
