@@ -9,6 +9,7 @@ The store is made slow or unwilling for real: another connection holds SQLite's 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.store import Store
+from bridge.store import Store, StoreUnavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import accept_body, plan
@@ -173,6 +174,27 @@ async def test_the_intake_is_answered_after_its_sync_and_the_lanes_do_not_wait_f
         release.set()
         answer = await asyncio.wait_for(accepted, 5)
     assert not answer.duplicate
+
+
+async def test_an_event_whose_log_cannot_be_synced_is_refused_then_taken_when_sent_again(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that fails (EIO: the disk may have lost it) refuses the event (503): JobServ
+    sends it again, and then it is answered as the event already stored, once synced."""
+    store = sqlite_store
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StoreUnavailable, match="cannot sync the store's log"):
+        await store.accept(event(1), plan(["ci-alerts"]))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    again = await store.accept(event(1), plan(["ci-alerts"]))
+    assert again.duplicate and again.deliveries == 1
 
 
 async def test_a_serving_store_checkpoints_its_log_off_the_writer_thread(

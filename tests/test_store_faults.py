@@ -186,6 +186,14 @@ async def test_a_failing_job_leaves_the_claims_of_its_batch_as_they_would_be_alo
         await store.close()
 
 
+async def test_a_store_without_a_write_ahead_log_is_refused() -> None:
+    """The writer syncs the write-ahead log before it answers a webhook: where SQLite
+    cannot keep one (here, in memory), the store is refused rather than not durable."""
+    store = SqliteStore(Path(":memory:"))
+    with pytest.raises(StoreUnavailable, match="cannot keep a write-ahead log"):
+        await store.open(serving=False)
+
+
 def remount(disk: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
 

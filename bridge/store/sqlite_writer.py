@@ -86,7 +86,13 @@ class SqliteWriter:
             connection = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            connection.execute("PRAGMA journal_mode=WAL")
+            (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode != "wal":  # the log is what the writer syncs: without it, nothing is
+                connection.close()
+                raise StoreUnavailable(
+                    f"cannot open {self.path}: SQLite cannot keep a write-ahead log there"
+                    f" (journal mode {mode!r}); put the store on a local disk"
+                )
             connection.execute("PRAGMA synchronous=NORMAL")  # the thread syncs (see above)
             if serving:  # its own thread checkpoints (see sqlite_checkpoint)
                 connection.execute("PRAGMA wal_autocheckpoint=0")
