@@ -176,6 +176,31 @@ async def test_the_intake_is_answered_after_its_sync_and_the_lanes_do_not_wait_f
     assert not answer.duplicate
 
 
+async def test_the_loops_jobs_and_the_writer_threads_run_in_the_order_queued(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A lane's quick jobs wait for the loop's next turn; a bookkeeping job for the writer
+    thread queued after them must still see what they wrote."""
+    store = sqlite_store
+    await store.accept(event(0), plan(["ci-alerts"]))
+    [delivery] = (await store.claim("ci-alerts", time.time(), 32, LEASE)).deliveries
+    for number in range(20):
+        note = f"note {number}"
+        written = store._submit(
+            lambda c, note=note: c.execute(
+                "UPDATE deliveries SET last_error = ? WHERE id = ?", (note, delivery.id)
+            ),
+            quick=True,
+        )
+        read = store._submit(
+            lambda c: c.execute(
+                "SELECT last_error FROM deliveries WHERE id = ?", (delivery.id,)
+            ).fetchone()[0]
+        )
+        await written
+        assert await read == note
+
+
 async def test_an_event_whose_log_cannot_be_synced_is_refused_then_taken_when_sent_again(
     sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -214,8 +214,8 @@ class SqliteWriter:
 
     def _run_quick(self) -> None:
         """On the loop: run the quick jobs waiting, unless another writer holds the file
-        (the writer thread, syncing the intake's commit; a CLI command): then they queue
-        for the thread, as any other job."""
+        (the writer thread, in the middle of a batch; a CLI command): then they queue for
+        the thread, as any other job."""
         batch, self._quick_jobs = (
             self._quick_jobs[:MAX_QUICK_BATCH],
             self._quick_jobs[MAX_QUICK_BATCH:],
@@ -296,8 +296,12 @@ class SqliteWriter:
             self._quick_jobs.append(job)
             if len(self._quick_jobs) == 1:
                 self._loop.call_soon(self._run_quick)
-        else:
-            self._queue(job)
+            return future
+        if not durable:  # bookkeeping for the thread: the quick jobs before it go first
+            for waiting in self._quick_jobs:
+                self._queue(waiting)
+            self._quick_jobs.clear()
+        self._queue(job)
         return future
 
     def _queue(self, job: Job) -> None:
