@@ -52,6 +52,8 @@ BODIES_PER_SECOND = 6000  # more than the bridge accepts, so a run never repeats
 NOWHERE_IDS, ROUTED_IDS, WARMUP_IDS, LATENCY_IDS = 2_000_000, 3_000_000, 5_000_000, 7_000_000
 BIG_STORE_EVENTS = 1_000_000
 INTAKE_TARGET = 0.4  # x the floor app, as throughput and as CPU per event
+# What an intake run counts before and after wrk: events stored, deliveries queued, sent.
+INTAKE_COUNTS = [("events",), ("deliveries",), ("deliveries", "state = 'sent'")]
 
 T = TypeVar("T")
 
@@ -110,6 +112,10 @@ class IntakeRun:
     accepted: int  # events newly stored while wrk measured
     vm_hwm_mb: float
     ready_after: float
+    # Deliveries queued, and sent, while wrk measured: a CPU per event is only that if the
+    # lanes kept up (a change that starves them shows as less CPU per event).
+    queued: int = 0
+    sent: int = 0
 
     @property
     def per_second(self) -> float:
@@ -122,10 +128,11 @@ class IntakeRun:
     def note(self) -> str:
         repeats = self.wrk.requests - self.accepted
         errors = self.wrk.non2xx + self.wrk.socket_errors
+        sends = f"; {self.sent:,} deliveries sent of {self.queued:,} queued" if self.queued else ""
         return (
             f"{self.accepted:,} accepted of {self.wrk.requests:,} requests"
             f" (repeats {max(repeats, 0)}, errors {errors}), p99 {self.wrk.p99_ms:.1f} ms;"
-            f" {self.cpu_per_event_us:.0f} µs CPU/event; {self.wrk.cpu.note()}"
+            f" {self.cpu_per_event_us:.0f} µs CPU/event; {self.wrk.cpu.note()}{sends}"
         )
 
 
@@ -218,10 +225,12 @@ class Bench:
         ):
             pids = (bridge.pid, chat.pid)
             wrk(port, warmup, WARMUP_SECONDS, self.connections, pids)
-            before = count_rows(store, "events")
+            before = [count_rows(store, *rows) for rows in INTAKE_COUNTS]
             result = wrk(port, bodies, self.duration, self.connections, pids)
-            accepted = count_rows(store, "events") - before
-            return IntakeRun(result, accepted, vm_hwm_mb(bridge.pid), bridge.ready_after)
+            after = [count_rows(store, *rows) for rows in INTAKE_COUNTS]
+            accepted, queued, sent = (a - b for a, b in zip(after, before, strict=True))
+            hwm = vm_hwm_mb(bridge.pid)
+            return IntakeRun(result, accepted, hwm, bridge.ready_after, queued, sent)
 
     # -- 1. intake throughput vs the floor --------------------------------------
 
