@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Literal
 
 from bridge.redact import Redactor
@@ -44,11 +45,29 @@ _JSON_ESCAPED = str.maketrans({code: f"\\u{code:04x}" for code in _CONTROLS if c
 
 def one_line(text: str) -> str:
     """The text with its control characters escaped (a newline becomes `\\n`)."""
-    return text.translate(_ESCAPED_CONTROLS)
+    # Every character escaped is one str.isprintable refuses; most lines have none.
+    return text if text.isprintable() else text.translate(_ESCAPED_CONTROLS)
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Clock:
+    """A record's time to the second, as `layout` (strftime) writes it in local time: made
+    once a second, as strftime is a good part of formatting a line, and every delivery
+    writes one. Called under the handler's lock."""
+
+    def __init__(self, layout: str) -> None:
+        self.layout = layout
+        self.second: int | None = None
+        self.text = ""
+
+    def __call__(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self.second:
+            self.second, self.text = second, time.strftime(self.layout, time.localtime(second))
+        return self.text
 
 
 class HumanFormatter(logging.Formatter):
@@ -59,10 +78,12 @@ class HumanFormatter(logging.Formatter):
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
         self.redact = redact
+        self.clock = Clock(self.default_time_format)
 
     def format(self, record: logging.LogRecord) -> str:
         message = one_line(bounded(self.redact(record.getMessage())))
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        when = f"{self.clock(record)},{int(record.msecs):03d}"  # as Formatter.formatTime
+        line = f"{when} {record.levelname} {record.name}: {message}"
         if record.exc_info:
             line += "\n" + self.redact(self.formatException(record.exc_info))
         if record.stack_info:
@@ -74,11 +95,12 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
         self.redact = redact
+        self.clock = Clock("%Y-%m-%dT%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         given = record.__dict__
         line: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "time": f"{self.clock(record)}.{int(record.msecs):03d}",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": self._value("message", record.getMessage()),
@@ -90,7 +112,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self._value("exception", self.formatException(record.exc_info))
         # Redact before encoding too: JSON escapes would hide a secret with quotes in it.
         text = self.redact(_JSON_ENCODER.encode(line))
-        return text.translate(_JSON_ESCAPED)
+        return text if text.isprintable() else text.translate(_JSON_ESCAPED)
 
     def _value(self, key: str, value: object) -> object:
         if not isinstance(value, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import textwrap
 import time
@@ -17,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from bridge.logs import _ESCAPED_CONTROLS, HumanFormatter, JsonFormatter, one_line
+from bridge.redact import Redactor
 from bridge.store import DeliveryRow, open_store
 from tests.conftest import signed_headers
 from tests.fakes.chat_server import FakeChat, Reply, SlackApiError
@@ -272,3 +277,30 @@ async def test_json_logs_hold_no_secret_and_a_structured_line_per_outcome(
     assert all("500" in e["reason"] for e in generic)
     slack = [e for e in outcomes if e["destination"] == "slack-hook"]
     assert all("404" in e["reason"] and "no_service" in e["reason"] for e in slack)
+
+
+@given(st.text())
+def test_a_line_without_controls_is_left_as_it_is_and_any_other_escaped(text: str) -> None:
+    assert one_line(text) == text.translate(_ESCAPED_CONTROLS)
+
+
+# Shared by the examples: what each keeps from one record's time must not leak into the next.
+HUMAN, STRUCTURED = HumanFormatter(Redactor([])), JsonFormatter(Redactor([]))
+
+
+@given(
+    created=st.one_of(st.floats(min_value=0, max_value=4e9), st.sampled_from([1e9, 1e9 + 0.5])),
+    message=st.text(max_size=50),
+)
+def test_a_lines_time_is_the_records_as_logging_writes_it(created: float, message: str) -> None:
+    """Each formatter makes the time text once a second: it must still be each record's."""
+    record = logging.makeLogRecord({"name": "bridge", "levelno": 20, "levelname": "INFO"})
+    record.msg, record.created = message, created
+    record.msecs = (created - int(created)) * 1000
+    human, structured = HUMAN, STRUCTURED
+    for _ in range(2):  # the second time from what was kept
+        assert human.format(record).startswith(logging.Formatter().formatTime(record) + " ")
+        expected = logging.Formatter().formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        assert (
+            json.loads(structured.format(record))["time"] == f"{expected}.{int(record.msecs):03d}"
+        )
