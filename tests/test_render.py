@@ -16,15 +16,13 @@ from bridge.config import ConfigError
 from bridge.jobserv import Build, parse_build
 from bridge.markup import clean, unmention
 from bridge.render import (
-    REASON_LIMIT,
     Template,
     TemplateError,
     compile_template,
     context,
     default_template,
-    first_line,
-    shorten,
 )
+from bridge.template_filters import REASON_LIMIT, first_line, shorten
 from tests.conftest import FAILED, PASSED, fixture_body, make_config
 
 SLACK = default_template("slack.j2", "json")
