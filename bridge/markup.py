@@ -120,11 +120,20 @@ def clean_data(value: Any, multiline: frozenset[str] = frozenset(), key: str = "
     return value
 
 
+def plain_json(text: bytes) -> bool:
+    """Whether every string of this JSON text is printable ASCII, so that `clean` leaves
+    each as it is: no escape in it (a control character must be one), no byte outside
+    ASCII, no DEL. JobServ's own bodies are so, unless a field holds a line break."""
+    return text.isascii() and b"\\" not in text and b"\x7f" not in text
+
+
 # What a URL may hold as it is: reserved characters, and escapes already made.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+# A URL that `quote` leaves as it is (most are): letters, digits, `_.-` and the above.
+_URL_QUOTED = re.compile(r"[A-Za-z0-9_.\-:/?#\[\]@!$&'()*+,;=%~]*")
 
 
 def quote_url(url: str) -> str:
     """`url` with spaces and non-ASCII characters percent-encoded (JobServ builds a run's
     web link without quoting its name), escapes already in it kept as they are."""
-    return quote(url, safe=_URL_SAFE)
+    return url if _URL_QUOTED.fullmatch(url) else quote(url, safe=_URL_SAFE)

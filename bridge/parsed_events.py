@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bridge.chats import CHAT_TYPES, DestinationSettings
 from bridge.jobserv import Build, parse_build
+from bridge.markup import plain_json
 from bridge.render import Rendered, Template, build_context, context, render_message
 from bridge.store import Delivery
 
@@ -26,13 +27,14 @@ T = TypeVar("T")
 @dataclass
 class ParsedEvent:
     build: Build
+    plain: bool = False  # parsed from a `plain_json` body: its strings need no cleaning
     # Messages that do not depend on the destination's name, by what they depend on.
     renders: dict[Hashable, Rendered] = field(default_factory=dict)
 
     @cached_property
     def facts(self) -> dict[str, Any]:
         """The template facts of the build (see bridge.render.build_context)."""
-        return build_context(self.build)
+        return build_context(self.build, plain=self.plain)
 
     def message(
         self,
@@ -104,7 +106,7 @@ class ParsedEvents:
         body = delivery.body
         found = self.entries.get(body)
         if found is None:
-            found = ParsedEvent(self.arrived.pop(body) or parse_build(body))
+            found = ParsedEvent(self.arrived.pop(body) or parse_build(body), plain_json(body))
             self.entries.put(body, found)
         return found
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -69,6 +70,14 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def _to_json(value: Any) -> str:
+    # A template prints mostly text, numbers and nulls: the encoder is for the rest.
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
     return _ENCODER.encode(value)
 
 
@@ -236,12 +245,15 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
     return max((end - start).total_seconds(), 0.0)
 
 
-def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dict[str, Any]:
+def build_context(
+    build: Build, tests: dict[str, RunTests] | None = None, *, plain: bool = False
+) -> dict[str, Any]:
     """The part of the context that comes from the build alone (and its failed tests).
 
     Plain data that templates cannot change (the sandbox is immutable), so one event's
     facts serve every destination it goes to. Every string in it is `clean`: no terminal
-    escapes, control or bidi characters reach a chat or a user's template.
+    escapes, control or bidi characters reach a chat or a user's template. `plain`: the
+    build was parsed from a `plain_json` body, so none of its strings holds one.
     """
     runs = []
     for run in build.runs:
@@ -260,8 +272,11 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
             tests_unavailable=found.unavailable if found else False,
         )
         runs.append(data)
+    # What is made here from plain strings is plain; tests come from elsewhere.
+    plain = plain and not tests
     # Cleaned once: each run is in `runs` and in one of the lists below.
-    runs = clean_data(runs, MULTILINE_FIELDS)
+    if not plain:
+        runs = clean_data(runs, MULTILINE_FIELDS)
     failed = [r for r in runs if r["status"] == "FAILED"]
     passed = [r for r in runs if r["status"] == "PASSED"]
     other = [r for r in runs if r["status"] not in ("FAILED", "PASSED")]
@@ -295,7 +310,7 @@ def build_context(build: Build, tests: dict[str, RunTests] | None = None) -> dic
         "reason": shorten(reason_headline(reason_full)),
         "reason_full": reason_full,
     }
-    cleaned: dict[str, Any] = clean_data(facts, MULTILINE_FIELDS)
+    cleaned: dict[str, Any] = facts if plain else clean_data(facts, MULTILINE_FIELDS)
     cleaned.update(runs=runs, failed_runs=failed, passed_runs=passed, other_runs=other)
     return cleaned
 

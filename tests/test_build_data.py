@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from bridge.failed_tests import FailedTest, RunTests
 from bridge.jobserv import parse_build
-from bridge.markup import clean, clean_data
+from bridge.markup import clean, clean_data, plain_json
 from bridge.render import build_context, context, default_template
 from bridge.server import RUNTIME, create_app
 from bridge.store import Store
@@ -193,3 +193,29 @@ _DATA = st.recursive(
 def test_build_data_is_cleaned_in_every_string_and_key(value: Any) -> None:
     multiline = frozenset({"reason"})
     assert clean_data(value, multiline) == _cleaned_one_by_one(value, multiline)
+
+
+_FIELD = st.text(alphabet=st.sampled_from('ab /%~\\"\n\t\x1b\x7f\x85\u202eé\u00a0'), max_size=8)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(_FIELD, _FIELD, _FIELD, _FIELD, st.booleans())
+def test_a_plain_body_makes_the_same_facts_uncleaned(
+    trigger: str, reason: str, run_name: str, web_url: str, ascii_only: bool
+) -> None:
+    """The lanes skip cleaning a build parsed from a `plain_json` body: what they skip
+    must change nothing, whatever the strings and however the JSON escapes them."""
+    data = json.loads(build_body(7, trigger=trigger, reason=reason, run_names=(run_name,)))
+    data["runs"][0]["web_url"] = f"https://ci.example/{web_url}"
+    body = json.dumps(data, ensure_ascii=ascii_only).encode()
+    build = parse_build(body)
+    assert build_context(build, plain=plain_json(body)) == build_context(build)
+
+
+def test_the_sample_bodies_are_plain_and_dirty_ones_are_not() -> None:
+    assert plain_json(build_body(7))
+    assert not plain_json(dirty_build())
+    assert not plain_json(build_body(7, reason="first\nsecond"))
+    raw_del = build_body(7, trigger="del\x7f").replace(b"\\u007f", b"\x7f")
+    assert b"\x7f" in raw_del
+    assert not plain_json(raw_del)

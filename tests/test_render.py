@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from bridge.chats.limits import slack_fits
 from bridge.config import ConfigError
 from bridge.jobserv import Build, parse_build
-from bridge.markup import clean, unmention
+from bridge.markup import clean, quote_url, unmention
 from bridge.render import (
     Template,
     TemplateError,
@@ -22,6 +23,7 @@ from bridge.render import (
     context,
     default_template,
 )
+from bridge.render import _to_json as template_json
 from bridge.template_filters import REASON_LIMIT, first_line, shorten
 from tests.conftest import FAILED, PASSED, fixture_body, make_config
 
@@ -545,3 +547,26 @@ def test_run_links_are_quoted_as_a_chat_needs_them() -> None:
     )
     assert shown["log_url"].endswith("console.log?sig=a%2Fb")  # escapes already made are kept
     assert shown["name"] == "build-ärm64 ✓"
+
+
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES)
+def test_what_a_template_prints_is_json_as_the_encoder_writes_it(value: Any) -> None:
+    """Text, numbers and nulls take a shorter way than the encoder: to the same text."""
+    assert template_json(value) == json.JSONEncoder(ensure_ascii=False, default=str).encode(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=12))
+def test_a_url_already_quoted_is_left_as_it_is_as_quote_would(path: str) -> None:
+    url = f"https://ci.example/{path}"
+    assert quote_url(url) == quote(url, safe=":/?#[]@!$&'()*+,;=%~")
