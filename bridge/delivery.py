@@ -294,6 +294,7 @@ class Dispatcher:
         self.events = ParsedEvents()
         self.retention = config.delivery.retention
         self.lanes = self._lanes(config, chats)
+        store.on_queued(self._wake_here)  # by another replica, for lanes this one owns
         self.tasks: list[asyncio.Task[None]] = []
         self.pruner: asyncio.Task[None] | None = None
 
@@ -357,10 +358,14 @@ class Dispatcher:
             self.wake(destinations)
 
     def wake(self, destinations: list[str]) -> None:
-        for name in destinations:
-            lane = self.lanes.get(name)
-            if lane is not None:
-                lane.wake()
+        """Wake these lanes here, and tell the replica that owns each one this one does not."""
+        self._wake_here(destinations)
+        if far := [n for n in destinations if n not in self.lanes or not self.lanes[n].owner.owned]:
+            self.store.announce_queued(far)
+
+    def _wake_here(self, destinations: list[str]) -> None:
+        for lane in filter(None, map(self.lanes.get, destinations)):
+            lane.wake()
 
     async def _prune(self) -> None:
         while True:

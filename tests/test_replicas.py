@@ -46,7 +46,7 @@ async def postgres_url() -> AsyncIterator[str]:
         yield url
 
 
-def replica_config(folder: Path, port: int, chat: FakeChat) -> Path:
+def replica_config(folder: Path, port: int, chat: FakeChat, poll_interval: str = "0.1s") -> Path:
     """One replica's config: the store URL comes from the environment, as in production."""
     destinations = "".join(
         f"""
@@ -73,7 +73,7 @@ def replica_config(folder: Path, port: int, chat: FakeChat) -> Path:
         [delivery]
         retry_initial = "0.05s"
         retry_max = "0.2s"
-        poll_interval = "0.1s"
+        poll_interval = "{poll_interval}"
 
         [admin]
         enabled = false
@@ -96,10 +96,12 @@ def replica_config(folder: Path, port: int, chat: FakeChat) -> Path:
 class Replica:
     """One `python -m bridge serve` process."""
 
-    def __init__(self, folder: Path, chat: FakeChat, store_url: str) -> None:
+    def __init__(
+        self, folder: Path, chat: FakeChat, store_url: str, poll_interval: str = "0.1s"
+    ) -> None:
         self.folder = folder
         self.port = free_port()
-        self.config = replica_config(folder, self.port, chat)
+        self.config = replica_config(folder, self.port, chat, poll_interval)
         self.store_url = store_url
         self.process: asyncio.subprocess.Process | None = None
 
@@ -298,6 +300,35 @@ async def test_a_replica_that_stops_hands_its_lanes_over(
         assert await lane_owner(postgres_url, "alerts") == second.pid
     finally:
         for replica in (first, second):
+            if replica.process is not None and replica.process.returncode is None:
+                await replica.stop()
+
+
+async def test_a_webhook_taken_by_a_replica_without_the_lane_wakes_its_owner(
+    tmp_path: Path, fake_chat: FakeChat, postgres_url: str, session: aiohttp.ClientSession
+) -> None:
+    """The lanes poll every 30 s here: only the owner being told sends within seconds."""
+    owner, other = (
+        Replica(tmp_path / f"replica-{i}", fake_chat, postgres_url, poll_interval="30s")
+        for i in (1, 2)
+    )
+    await owner.start()
+    try:
+        await owner.wait_serving(session, time.monotonic() + 20)
+        for name in DESTINATIONS:
+            assert await lane_owner(postgres_url, name) == owner.pid
+        await other.start()
+        await other.wait_serving(session, time.monotonic() + 20)
+
+        for build in (1, 2):  # the owner's lanes asleep since their first claim, then since 1
+            assert await post_event(session, [other], 0, event_body(build)) == 202
+            for name in DESTINATIONS:
+                received = await fake_chat.wait_for(build, timeout=10, path=f"/{name}")
+                assert _received_builds(received) == list(range(1, build + 1))
+        for name in DESTINATIONS:
+            assert await lane_owner(postgres_url, name) == owner.pid
+    finally:
+        for replica in (owner, other):
             if replica.process is not None and replica.process.returncode is None:
                 await replica.stop()
 

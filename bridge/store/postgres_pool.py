@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from bridge.store.postgres_schema import migrate
+from bridge.store.postgres_wakeups import Wakeups
 from bridge.store.records import StoreUnavailable, unavailable
 from bridge.transitions import (
     Transition,
@@ -98,7 +99,8 @@ class PostgresPool:
         self.where = safe_url(url)
         self.pool_size = pool_size
         self._pool: Any = None
-        self._lanes = _LaneLocks(url, self.where)
+        self._wakeups = Wakeups(self._notify)
+        self._lanes = _LaneLocks(url, self.where, self._wakeups.listen)
         # Sent outcomes noted by the lanes and the task writing them (postgres_lanes).
         self._sent: list[tuple[int, float]] = []
         # Deliveries noted sent whose outcome is not written yet: a claim passes over them.
@@ -137,6 +139,7 @@ class PostgresPool:
     async def close(self) -> None:
         if self._pool is not None:
             await self._before_close()
+        await self._wakeups.close()
         await self._lanes.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -173,7 +176,16 @@ class PostgresPool:
 
         return await self._run(work)
 
+    async def _notify(self, channel: str, payload: str) -> None:
+        await self._execute("SELECT pg_notify($1, $2)", channel, payload)
+
     # -- the store interface --------------------------------------------------
+
+    def on_queued(self, wake: Callable[[list[str]], None]) -> None:
+        self._wakeups.wake = wake
+
+    def announce_queued(self, destinations: list[str]) -> None:
+        self._wakeups.announce(destinations)
 
 
 def stored_transition(stored: str | None) -> Transition | None:
@@ -186,9 +198,10 @@ class _LaneLocks:
     Not a pool connection: a pool resets released connections, and that unlocks all.
     """
 
-    def __init__(self, url: str, where: str) -> None:
+    def __init__(self, url: str, where: str, on_connect: Callable[[Any], Awaitable[None]]) -> None:
         self.url = url
         self.where = where
+        self.on_connect = on_connect  # each new connection: listen to the other replicas
         self.held: set[str] = set()
         self.fresh: set[str] = set()  # taken, their old claims not yet released
         self._connection: Any = None
@@ -265,6 +278,11 @@ class _LaneLocks:
                 timeout=CONNECT_TIMEOUT,
                 server_settings={"application_name": name[:63], **LANE_KEEPALIVE},
             )
+            try:
+                await self.on_connect(connection)
+            except BaseException:
+                connection.terminate()
+                raise
             self._connection = connection
             self._checked = time.monotonic()
         return connection

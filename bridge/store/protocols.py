@@ -4,7 +4,7 @@ implements all of them (`bridge.store.Store`); a caller is typed with the narrow
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from bridge.incidents import Key, Record, Window
@@ -159,6 +159,14 @@ class LaneStore(ThreadStore, Protocol):
 
     async def release_lane(self, destination: str) -> None:
         """Give the lane up (its lane stopped), so that another replica can take it."""
+        ...
+
+    def on_queued(self, wake: Callable[[list[str]], None]) -> None:
+        """Call `wake` with the lanes that another replica queued deliveries for."""
+        ...
+
+    def announce_queued(self, destinations: list[str]) -> None:
+        """Tell the other replicas that these lanes, not this one's, have new deliveries."""
         ...
 
 

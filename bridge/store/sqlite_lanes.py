@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from bridge.incidents import Key, Record, Seen, Window
 from bridge.store.records import LATEST_COPY, Claim, Delivery, State, StoreUnavailable
@@ -37,6 +37,12 @@ class SqliteLanes(SqliteWriter):
 
     async def release_lane(self, destination: str) -> None:
         return None
+
+    def on_queued(self, wake: Callable[[list[str]], None]) -> None:
+        """No other process serves the file: nobody else queues for its lanes."""
+
+    def announce_queued(self, destinations: list[str]) -> None:
+        """No other process serves the file: there is nobody to tell."""
 
     async def claim(
         self,
