@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from bench.disk import SyncSetting
 from bridge.jobserv import sign
 
 ARRIVAL_DEADLINE = 10.0  # seconds after the last POST for the last message to arrive
+# How long a replica is given, once it answers, to take every lane (its first look at them).
+LANES_TAKEN = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,13 @@ def measure_latency(
     destinations: int = 1,
     rate: float = 200.0,
     seconds: float = 10.0,
+    lanes_elsewhere: bool = False,
 ) -> LatencyRun:
     """Serve with `destinations` fake-chat destinations, post at `rate`, time every arrival.
 
     `store` is a SQLite file or the [store] table's body (see `bridge_config`).
+    `lanes_elsewhere` (PostgreSQL): another replica, started first, owns every lane, so
+    that each delivery is sent by a replica other than the one that took its webhook.
     """
     warmup = int(rate)
     ids = range(first_id, first_id + warmup + int(rate * seconds))
@@ -88,11 +94,23 @@ def measure_latency(
         chat_port=chat_port,
         destinations=destinations,
     )
-    with (
-        fake_chat(chat_port, workdir, record=True) as chat,
-        serve(config, port, workdir, sync) as bridge,
-    ):
-        watch = CpuWatch((bridge.pid, chat.pid))
+    with ExitStack() as stack:
+        chat = stack.enter_context(fake_chat(chat_port, workdir, record=True))
+        others = [chat.pid]
+        if lanes_elsewhere:
+            owner_port = free_port()
+            owner_config = bridge_config(
+                workdir / "latency-owner.toml",
+                port=owner_port,
+                store=store,
+                chat_port=chat_port,
+                destinations=destinations,
+            )
+            owner = stack.enter_context(serve(owner_config, owner_port, workdir, sync, "owner"))
+            others.append(owner.pid)
+            time.sleep(LANES_TAKEN)
+        bridge = stack.enter_context(serve(config, port, workdir, sync))
+        watch = CpuWatch((bridge.pid, *others))
         sent, acked, statuses = asyncio.run(_post(port, ids, rate))
         stats_url = f"http://127.0.0.1:{chat_port}/_stats"
         deadline = time.monotonic() + ARRIVAL_DEADLINE

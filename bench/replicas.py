@@ -440,7 +440,8 @@ def _one_setting(
         print(f"\n{HEADER}", flush=True)
         for workload, done in runs.items():
             _cpu_figure(setting, workload, done, figures)
-        for destinations in (1, 10):
+        # The second: every webhook to the replica without the lanes (the other one's).
+        for destinations, elsewhere in ((1, False), (10, False), (1, True)):
             url = asyncio.run(_fresh_database(server_url, "bridge_bench_latency"))
             latency = measure_latency(
                 args.workdir,
@@ -448,6 +449,12 @@ def _one_setting(
                 f"url = {json.dumps(url)}",
                 first_id=LATENCY_IDS,
                 destinations=destinations,
+                lanes_elsewhere=elsewhere,
+            )
+            setup = (
+                "2 replicas, the webhooks to the one without the lanes"
+                if elsewhere
+                else "1 replica"
             )
             target = latency_target(setting)
             value = latency.p(0.99)
@@ -455,7 +462,7 @@ def _one_setting(
                 figures,
                 Figure(
                     "replicas",
-                    f"1 replica, PostgreSQL: 202 received -> chat received, p99,"
+                    f"{setup}, PostgreSQL: 202 received -> chat received, p99,"
                     f" {latency.rate:g} events/s to {destinations}",
                     value,
                     "ms",
