@@ -294,7 +294,7 @@ class Dispatcher:
         self.events = ParsedEvents()
         self.retention = config.delivery.retention
         self.lanes = self._lanes(config, chats)
-        store.on_queued(self._wake_here)  # by another replica, for lanes this one owns
+        store.on_queued(lambda names: self.wake(names, told=True))
         self.tasks: list[asyncio.Task[None]] = []
         self.pruner: asyncio.Task[None] | None = None
 
@@ -357,15 +357,15 @@ class Dispatcher:
             self.events.add(body, build)
             self.wake(destinations)
 
-    def wake(self, destinations: list[str]) -> None:
-        """Wake these lanes here, and tell the replica that owns each one this one does not."""
-        self._wake_here(destinations)
-        if far := [n for n in destinations if n not in self.lanes or not self.lanes[n].owner.owned]:
-            self.store.announce_queued(far)
-
-    def _wake_here(self, destinations: list[str]) -> None:
+    def wake(self, destinations: list[str], told: bool = False) -> None:
+        """Wake these lanes here, and tell the replica that owns each one this one does not
+        (`told`: another replica queued for them, and told the owner; only owned ones wake)."""
         for lane in filter(None, map(self.lanes.get, destinations)):
-            lane.wake()
+            if lane.owner.owned or not told:
+                lane.wake()
+        far = [n for n in destinations if n not in self.lanes or not self.lanes[n].owner.owned]
+        if far and not told:
+            self.store.announce_queued(far)
 
     async def _prune(self) -> None:
         while True:
