@@ -8,14 +8,18 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
 from bridge.store import StoreUnavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_wakeups import CHANNEL, PAYLOAD_LIMIT, payloads
+from tests.conftest import jobserv_source, make_config
 from tests.postgres import fresh_database
+from tests.test_delivery import make_dispatcher
 
 
 @pytest.fixture
@@ -122,3 +126,36 @@ async def test_what_others_say_on_the_channel_wakes_nothing(
         for payload in ("not json", "[]", "42", json.dumps(["token", 7, None, "alerts"])):
             await stranger.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
     await heard_within(5, lambda: heard == ["alerts"])
+
+
+async def test_a_dispatcher_tells_of_the_lanes_it_does_not_own_and_wakes_only_its_own(
+    replicas: tuple[str, PostgresStore, PostgresStore], tmp_path: Path
+) -> None:
+    """What a replica says covers the lanes it does not own; what it hears wakes the lanes
+    it owns, not those of a third replica (which would only ask for a lock it cannot get)."""
+    _, first, second = replicas
+    config = make_config(
+        tmp_path,
+        jobserv_source()
+        + "".join(
+            f'[[destinations]]\nname = "{name}"\ntype = "generic"\n'
+            f'url = "http://127.0.0.1:9/{name}"\n'
+            for name in ("alerts", "audit")
+        ),
+    )
+    heard_first = await listening(first, "audit")  # the other replica owns "audit"
+    async with aiohttp.ClientSession() as session:
+        dispatcher = make_dispatcher(config, second, session)  # its lanes not started
+        lanes = dispatcher.lanes
+        assert await lanes["alerts"].owner.own()
+        assert not await lanes["audit"].owner.own()
+
+        dispatcher.wake(["alerts", "audit"])  # as an accepted event does
+        await heard_within(5, lambda: heard_first == ["audit"])
+        woken = {name: lane.woken for name, lane in lanes.items()}
+
+        first.announce_queued(["alerts", "audit"])
+        await heard_within(5, lambda: lanes["alerts"].woken > woken["alerts"])
+        await asyncio.sleep(0.3)
+        assert lanes["audit"].woken == woken["audit"]
+        assert heard_first == ["audit"]
