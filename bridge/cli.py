@@ -309,6 +309,8 @@ async def _outbox(config: Config, args: argparse.Namespace) -> int:
             print(", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
         elif args.action == "retry":
             count = await store.requeue_dead(None if args.all_dead else args.ids, now)
+            if count:  # replicas on PostgreSQL send them at once; `serve` on SQLite polls
+                store.announce_queued(sorted(config.destinations))
             print(f"{plural(count, 'dead letter')} queued again")
         else:
             count = await store.purge(now - args.older_than, ("sent", "dead", "silenced"))

@@ -333,6 +333,45 @@ async def test_a_webhook_taken_by_a_replica_without_the_lane_wakes_its_owner(
                 await replica.stop()
 
 
+async def test_outbox_retry_wakes_the_replica_that_owns_the_lane(
+    tmp_path: Path,
+    fake_chat: FakeChat,
+    postgres_url: str,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command runs in a process of its own; the lanes poll every 30 s here."""
+    owner = Replica(tmp_path / "replica", fake_chat, postgres_url, poll_interval="30s")
+    monkeypatch.setenv("BRIDGE_STORE_URL", postgres_url)
+    store = open_store(parse_config(owner.config.read_text(), owner.config).store)
+    await store.open(serving=False)
+    try:
+        await store.accept(_new_event(7), plan(["alerts"]))
+        [row] = await store.list_deliveries()
+        await store.mark_dead(row.id, "gave up", time.time())
+    finally:
+        await store.close()
+    await owner.start()
+    try:
+        await owner.wait_serving(session, time.monotonic() + 20)
+        assert await lane_owner(postgres_url, "alerts") == owner.pid
+
+        result = await asyncio.to_thread(
+            run_cli,
+            "outbox",
+            "--config",
+            owner.config,
+            "retry",
+            "--all-dead",
+            environment={"BRIDGE_STORE_URL": postgres_url},
+        )
+        assert result.returncode == 0, result.stderr
+        received = await fake_chat.wait_for(1, timeout=10, path="/alerts")
+        assert _received_builds(received) == [7]
+    finally:
+        await owner.stop()
+
+
 async def test_the_outbox_command_reads_the_shared_store(
     tmp_path: Path, fake_chat: FakeChat, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

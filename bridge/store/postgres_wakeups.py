@@ -22,6 +22,7 @@ log = logging.getLogger("bridge.store")
 CHANNEL = "jobserv_bridge_queued"
 # PostgreSQL refuses a payload of 8000 bytes or more: longer lists go in several.
 PAYLOAD_LIMIT = 7000
+CLOSE_WAIT = 2.0  # seconds a closing store gives its last announcements
 
 Wake = Callable[[list[str]], None]
 Send = Callable[[str, str], Awaitable[None]]
@@ -72,8 +73,10 @@ class Wakeups:
             self._sending = None
 
     async def close(self) -> None:
+        """Send what was announced (a command announces, then closes the store), briefly."""
         sending, self._sending = self._sending, None
         if sending is not None:
+            await asyncio.wait({sending}, timeout=CLOSE_WAIT)
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
 
