@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.store import StoreUnavailable
 from bridge.store.postgres import PostgresStore
@@ -159,3 +161,13 @@ async def test_a_dispatcher_tells_of_the_lanes_it_does_not_own_and_wakes_only_it
         await asyncio.sleep(0.3)
         assert lanes["audit"].woken == woken["audit"]
         assert heard_first == ["audit"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=3000), max_size=30))
+def test_payloads_carry_every_name_that_fits_and_none_is_over_the_limit(names: list[str]) -> None:
+    found = payloads("token", names)
+    assert all(len(payload) <= PAYLOAD_LIMIT for payload in found)
+    carried = [name for payload in found for name in json.loads(payload)[1:]]
+    assert carried == [n for n in names if len(json.dumps(["token", n])) <= PAYLOAD_LIMIT]
+    assert all(json.loads(payload)[0] == "token" for payload in found)

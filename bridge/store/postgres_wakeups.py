@@ -84,15 +84,19 @@ class Wakeups:
 def payloads(token: str, names: list[str]) -> list[bytes]:
     """JSON arrays of `token` and names, each under PAYLOAD_LIMIT bytes. A name too long
     for one alone is left to its owner's poll."""
+    empty = len(_payload(token, []))
     found: list[bytes] = []
     batch: list[str] = []
+    size = empty
     for name in names:
-        if len(_payload(token, [name])) > PAYLOAD_LIMIT:
+        grows = len(json.dumps(name)) + 2  # ", " and the name, quoted
+        if empty + grows > PAYLOAD_LIMIT:
             continue
-        if batch and len(_payload(token, [*batch, name])) > PAYLOAD_LIMIT:
+        if size + grows > PAYLOAD_LIMIT:
             found.append(_payload(token, batch))
-            batch = []
+            batch, size = [], empty
         batch.append(name)
+        size += grows
     if batch:
         found.append(_payload(token, batch))
     return found
