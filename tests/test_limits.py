@@ -6,6 +6,7 @@ that delivery for a reason that is not the message's (and once jammed its lane).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from bridge.chats import CHAT_TYPES
 from bridge.chats.base import Fits
+from bridge.chats.limits import encode_json
 
 CHECKS: dict[str, Fits] = {
     name: chat.fits for name, chat in sorted(CHAT_TYPES.items()) if chat.fits is not None
@@ -81,3 +83,27 @@ def test_slack_still_counts_what_it_can_read() -> None:
     assert fits({"blocks": [{}] * 51}) == "51 blocks (limit 50)"
     assert fits({"blocks": 5, "text": "x" * 40001}) is not None
     assert fits({"blocks": 5, "text": "fine"}) is None
+
+
+def _encoded(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(documents | json_values, min_size=1, max_size=80), data=st.data())
+def test_a_body_is_sent_as_its_own_encoding_whatever_was_encoded_before(
+    bodies: list[Any], data: st.DataObject
+) -> None:
+    """Encodings are kept by identity (one message goes to several destinations): a body
+    encoded again gives the same bytes, and a new body made where a dropped one lived (the
+    same id) gives its own, however many came between."""
+    kept: list[Any] = []
+    for body in bodies:
+        assert encode_json(body) == _encoded(body)
+        if data.draw(st.booleans()):
+            kept.append(body)  # the others are dropped: their ids are free again
+        if kept:
+            again = data.draw(st.sampled_from(kept))
+            assert encode_json(again) == _encoded(again)
+        fresh = {"text": f"made after {len(kept)}"}  # often at a freed body's address
+        assert encode_json(fresh) == _encoded(fresh)

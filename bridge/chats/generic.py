@@ -8,7 +8,7 @@ import aiohttp
 from pydantic import Field, SecretStr
 
 from bridge.chats.base import Body, ChatType, DestinationSettings
-from bridge.chats.http import read_text
+from bridge.chats.http import send_json
 from bridge.outcome import Outcome, from_http
 
 
@@ -32,8 +32,8 @@ class Generic:
 
     async def send(self, body: Body, key: str) -> Outcome:
         headers = {"Idempotency-Key": key, **self.headers}
-        async with self.session.post(self.url, json=body, headers=headers) as response:
-            return from_http(response.status, response.headers, await read_text(response))
+        answer = await send_json(self.session, self.url, body, headers=headers)
+        return from_http(answer.status, answer.headers, answer.text)
 
 
 CHAT = ChatType("generic", GenericSettings, Generic)

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 from bridge.chats.base import Body, needs_one_of
 
+# Bodies encoded lately, by identity: one rendered message goes to every destination of its
+# template, and is measured against a chat's limits before it is sent; each encodes it once.
+# A body is never changed once rendered. Kept with the body, so that its id is not reused
+# while kept; a large body is encoded again rather than kept.
+ENCODINGS_KEPT = 32
+ENCODING_KEPT_MAX = 64 * 1024
+_encodings: OrderedDict[int, tuple[Body, bytes]] = OrderedDict()
+
 
 def encode_json(body: Body) -> bytes:
     """The bytes a JSON chat is sent: compact UTF-8, so a byte limit is measured on them."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    kept = _encodings.get(id(body))
+    if kept is not None:
+        return kept[1]
+    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(encoded) <= ENCODING_KEPT_MAX:
+        _encodings[id(body)] = (body, encoded)
+        if len(_encodings) > ENCODINGS_KEPT:
+            _encodings.popitem(last=False)
+    return encoded
 
 
 def json_bytes(body: Body) -> int:
