@@ -21,7 +21,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.logs import _ESCAPED_CONTROLS, HumanFormatter, JsonFormatter, one_line
+from bridge.logs import (
+    _ESCAPED_CONTROLS,
+    WRITE_AT,
+    WRITE_EVERY,
+    BatchedWriter,
+    HumanFormatter,
+    JsonFormatter,
+    one_line,
+)
 from bridge.redact import Redactor
 from bridge.store import DeliveryRow, open_store
 from tests.conftest import signed_headers
@@ -304,3 +312,79 @@ def test_a_lines_time_is_the_records_as_logging_writes_it(created: float, messag
         assert (
             json.loads(structured.format(record))["time"] == f"{expected}.{int(record.msecs):03d}"
         )
+
+
+class Writes:
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def turn_logger(stream: Writes) -> logging.Logger:
+    logger = logging.getLogger(f"test-turn-{id(stream)}")
+    logger.propagate = False
+    handler = BatchedWriter(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_the_lines_of_the_loop_are_written_together_soon_after_the_first() -> None:
+    stream = Writes()
+    log = turn_logger(stream)
+    log.info("one")
+    await asyncio.sleep(WRITE_EVERY / 2)
+    log.info("two")
+    assert stream.writes == []
+    await asyncio.sleep(WRITE_EVERY / 2 + 0.05)
+    assert stream.writes == ["INFO one\nINFO two\n"]
+    log.info("three")
+    await asyncio.sleep(WRITE_EVERY + 0.05)
+    assert stream.writes[1:] == ["INFO three\n"]
+
+
+async def test_lines_waiting_are_written_at_once_when_they_grow_long() -> None:
+    stream = Writes()
+    log = turn_logger(stream)
+    line = "x" * 1000
+    for _ in range(WRITE_AT // 1000 + 1):
+        log.info(line)
+    assert len(stream.writes) == 1 and stream.writes[0].count(line) == WRITE_AT // 1000 + 1
+
+
+async def test_a_warning_and_another_threads_line_are_written_at_once_in_order() -> None:
+    stream = Writes()
+    log = turn_logger(stream)
+    log.info("before")
+    log.warning("trouble")
+    assert "".join(stream.writes) == "INFO before\nWARNING trouble\n"
+    log.info("queued")
+    await asyncio.to_thread(log.info, "from a thread")
+    assert "".join(stream.writes).endswith("INFO queued\nINFO from a thread\n")
+    await asyncio.sleep(WRITE_EVERY + 0.05)  # its timer finds nothing left to write
+    assert "".join(stream.writes).count("queued") == 1
+
+
+def test_without_a_loop_a_line_is_written_at_once_and_a_flush_leaves_none_behind() -> None:
+    stream = Writes()
+    log = turn_logger(stream)
+    log.info("now")
+    assert stream.writes == ["INFO now\n"]
+
+    async def log_and_stop() -> None:
+        log.info("last")  # the loop ends before its timer: the exit's flush writes it
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_and_stop())
+    loop.close()
+    logging.getLogger(log.name).handlers[0].flush()
+    assert "".join(stream.writes) == "INFO now\nINFO last\n"
