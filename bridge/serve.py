@@ -24,7 +24,11 @@ def serve(config: Config, log_level: str, log_format: Literal["human", "json"]) 
     configure_logging(log_level, log_format, redact)
     host, port = config.server.host, config.server.port
     try:
-        asyncio.run(_serve_until_signalled(config, redact))
+        try:
+            asyncio.run(_serve_until_signalled(config, redact))
+        finally:  # the log lines still waiting go before anything else on stderr
+            for handler in logging.getLogger().handlers:
+                handler.flush()
     except OSError as exc:
         print(
             f"jobserv-bridge: cannot listen on {host}:{port}: {exc.strerror or exc}",
