@@ -4,17 +4,20 @@ real PostgreSQL database (a fresh one per test; see tests/postgres.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from bridge.store import NewEvent, Store, StoreUnavailable
 from bridge.store.postgres import PostgresStore
+from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.sqlite import SqliteStore
 from bridge.transitions import Transition
@@ -523,6 +526,43 @@ async def test_replicas_accepting_the_same_events_store_each_once(postgres_url: 
         assert await store.counts() == {"pending": 60, "sent": 0, "dead": 0}
     finally:
         await store.close()
+
+
+def rows_filtered_out(plan: dict[str, Any]) -> int:
+    """The rows an EXPLAIN ANALYZE plan read and threw away, over all its nodes."""
+    own = int(plan.get("Rows Removed by Filter", 0)) * int(plan.get("Actual Loops", 1))
+    return own + sum(rows_filtered_out(child) for child in plan.get("Plans", []))
+
+
+async def test_a_claim_reads_only_its_lane_whatever_the_statistics(postgres_url: str) -> None:
+    """Statistics taken while the lanes were full (every delivery pending), then the lanes
+    drained: a claim must still go straight to its lane's head, not walk every delivery
+    sent before it (each claim then as slow as the table is long, until the next ANALYZE)."""
+    lanes = [f"chat-{n}" for n in range(10)]
+    [store] = await opened(postgres_url, 1)
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        t0 = time.time()
+        for first in range(0, 600, 100):
+            await asyncio.gather(
+                *(store.accept(event(n, at=t0), plan(lanes)) for n in range(first, first + 100))
+            )
+        await connection.execute("ANALYZE deliveries")
+        await connection.execute(
+            "UPDATE deliveries d SET state = 'sent' FROM events e"
+            " WHERE e.id = d.event_id AND e.build_id < 595"
+        )
+
+        explained = await connection.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM.replace("$1", "'chat-3'").replace("$2", "32")
+        )
+        claim = await store.claim("chat-3", t0, 32, LEASE)
+    finally:
+        await connection.close()
+        await store.close()
+
+    assert sorted(d.build_id for d in claim.deliveries) == list(range(595, 600))
+    assert rows_filtered_out(json.loads(explained)[0]["Plan"]) < 100
 
 
 async def test_racing_claims_take_disjoint_deliveries_from_the_head(postgres_url: str) -> None:

@@ -46,16 +46,25 @@ WHERE destination = $1 AND factory = $2 AND trigger = $3
 # The lane's head, in order, each row with what it holds when this claim could lock it:
 # rows another transaction is claiming or finishing are skipped, not waited for, and
 # the first of them ends the claim (the lane keeps its order).
+#
+# Both read the lane's own index (its pending deliveries, in order), whatever the table's
+# statistics say: the destination is matched as a range (an equality all the same), so that
+# only that index gives the order asked for. As an equality, statistics taken while the
+# lanes were full (most rows pending) have had the planner walk the whole table in id order
+# instead, every sent delivery before the lane's head: each claim as slow as the table is
+# long, until the next ANALYZE.
 _CLAIM = """
 WITH locked AS (
     SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
         d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
     FROM deliveries d JOIN events e ON e.id = d.event_id
-    WHERE d.destination = $1 AND d.state = 'pending'
-    ORDER BY d.id LIMIT $2
+    WHERE d.destination >= $1 AND d.destination <= $1 AND d.state = 'pending'
+    ORDER BY d.destination, d.id LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
 ), head AS (
-    SELECT id FROM deliveries WHERE destination = $1 AND state = 'pending' ORDER BY id LIMIT $2
+    SELECT id FROM deliveries
+    WHERE destination >= $1 AND destination <= $1 AND state = 'pending'
+    ORDER BY destination, id LIMIT $2
 )
 SELECT head.id AS head_id, locked.* FROM head LEFT JOIN locked ON locked.id = head.id
 ORDER BY head.id
