@@ -4,7 +4,9 @@ real PostgreSQL database (a fresh one per test; see tests/postgres.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +21,9 @@ from bridge.store import NewEvent, Store, StoreUnavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
+from bridge.store.records import DESTINATION_STATS
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
 from tests.conftest import plan
 from tests.postgres import fresh_database
@@ -388,6 +392,20 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
     assert (stats["ci-alerts"].pending, stats["ci-alerts"].dead) == (2, 1)
     assert stats["ci-alerts"].oldest_pending_at == pytest.approx(t0 + 1)
     assert stats["ci-alerts"].oldest_dead_at == pytest.approx(t0)
+
+
+def test_destination_stats_read_the_pending_and_dead_deliveries_only(tmp_path: Path) -> None:
+    """/metrics reads these on SQLite's writer thread at every scrape: a plan that scans the
+    deliveries table (its sent deliveries are most of it) holds up every write meanwhile."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3")) as connection:
+        migrate(connection)
+        plan = connection.execute("EXPLAIN QUERY PLAN " + DESTINATION_STATS).fetchall()
+
+    reads = [detail for *_, detail in plan if "deliveries" in detail]
+    assert reads == [
+        "SCAN deliveries USING INDEX deliveries_lane",
+        "SEARCH deliveries USING INDEX deliveries_done (state=?)",
+    ]
 
 
 async def test_recent_events_come_newest_first_with_their_deliveries(store: Store) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from bridge.store.postgres_pool import PostgresPool, row_count
 from bridge.store.records import (
+    DESTINATION_STATS,
     FORGET_INCIDENTS,
     DeliveryRow,
     DestinationStats,
@@ -79,18 +80,10 @@ class PostgresReports(PostgresPool):
 
     async def destination_stats(self) -> dict[str, DestinationStats]:
         async def work(c: Any) -> dict[str, DestinationStats]:
-            rows = await c.fetch(
-                "SELECT destination, count(*) FILTER (WHERE state = 'pending') AS pending,"
-                " min(created_at) FILTER (WHERE state = 'pending') AS oldest_pending,"
-                " count(*) FILTER (WHERE state = 'dead') AS dead,"
-                " min(created_at) FILTER (WHERE state = 'dead') AS oldest_dead"
-                " FROM deliveries WHERE state <> 'sent' GROUP BY destination"
-            )
+            rows = await c.fetch(DESTINATION_STATS)
             return {
-                row["destination"]: DestinationStats(
-                    int(row["pending"]), row["oldest_pending"], int(row["dead"]), row["oldest_dead"]
-                )
-                for row in rows
+                name: DestinationStats(int(pending), oldest_pending, int(dead), oldest_dead)
+                for name, pending, oldest_pending, dead, oldest_dead in rows
             }
 
         return await self._run(work)

@@ -29,6 +29,21 @@ FORGET_INCIDENTS = tuple(
     for table in ("thread_messages", "acknowledgements")
 )
 
+# What /metrics and the status page show of each destination, read from the two partial
+# indexes (the lanes', of pending deliveries, and that of finished ones: its condition is
+# repeated for SQLite to see it applies), never the whole table, whose sent deliveries are
+# most of it: a scrape must not scan them, on the SQLite writer thread least of all.
+DESTINATION_STATS = """
+SELECT destination, sum(pending), min(oldest_pending), sum(dead), min(oldest_dead) FROM (
+    SELECT destination, count(*) AS pending, min(created_at) AS oldest_pending,
+        0 AS dead, NULL AS oldest_dead
+    FROM deliveries WHERE state = 'pending' GROUP BY destination
+    UNION ALL
+    SELECT destination, 0, NULL, count(*), min(created_at)
+    FROM deliveries WHERE state = 'dead' AND state != 'pending' GROUP BY destination
+) AS lanes GROUP BY destination
+"""
+
 log = logging.getLogger("bridge.store")
 
 # `silenced`: a delivery a silence muted at intake, kept to be shown and never sent.

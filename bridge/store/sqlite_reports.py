@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from bridge.store.records import (
+    DESTINATION_STATS,
     FORGET_INCIDENTS,
     DeliveryRow,
     DestinationStats,
@@ -74,12 +75,7 @@ class SqliteReports(SqliteWriter):
 
     async def destination_stats(self) -> dict[str, DestinationStats]:
         def work(c: sqlite3.Connection) -> dict[str, DestinationStats]:
-            rows = c.execute(
-                "SELECT destination, sum(state = 'pending'),"
-                " min(CASE WHEN state = 'pending' THEN created_at END), sum(state = 'dead'),"
-                " min(CASE WHEN state = 'dead' THEN created_at END)"
-                " FROM deliveries WHERE state != 'sent' GROUP BY destination"
-            )
+            rows = c.execute(DESTINATION_STATS)
             return {name: DestinationStats(*stats) for name, *stats in rows}
 
         return await self._call(work)
