@@ -25,6 +25,7 @@ from typing import Any
 from bench.disk import SyncSetting
 from bridge.jobserv import parse_build, sign
 from bridge.store import NewEvent
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from bridge.transitions import Transition
 
@@ -298,8 +299,9 @@ def count_rows(store: Path, table: str, where: str = "1") -> int:
         return int(count)
 
 
-def fill_backlog(store: Path, events: int, destinations: int, first_id: int = 1) -> None:
-    """Pending deliveries through the bridge's own SqliteStore.accept: events x destinations.
+def fill_backlog(store: Path | str, events: int, destinations: int, first_id: int = 1) -> None:
+    """Pending deliveries through the bridge's own store's accept (`store`: a SQLite file, or
+    a PostgreSQL URL): events x destinations.
 
     Builds alternate failed and passed, as a trigger's history does, so no failing streak
     grows; every event goes to every destination whatever its outcome.
@@ -310,7 +312,7 @@ def fill_backlog(store: Path, events: int, destinations: int, first_id: int = 1)
         return [(name, ()) for name in names]
 
     async def fill() -> None:
-        outbox = SqliteStore(store)
+        outbox = SqliteStore(store) if isinstance(store, Path) else PostgresStore(store)
         await outbox.open(serving=False)
         try:
             for start in range(first_id, first_id + events, 1000):
