@@ -21,7 +21,7 @@ from bridge.store import NewEvent, Store, StoreUnavailable
 from bridge.store.postgres import PostgresStore
 from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
-from bridge.store.records import DESTINATION_STATS
+from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
@@ -394,17 +394,23 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
     assert stats["ci-alerts"].oldest_dead_at == pytest.approx(t0)
 
 
-def test_destination_stats_read_the_pending_and_dead_deliveries_only(tmp_path: Path) -> None:
-    """/metrics reads these on SQLite's writer thread at every scrape: a plan that scans the
-    deliveries table (its sent deliveries are most of it) holds up every write meanwhile."""
+def test_destination_stats_and_counts_read_the_indexes_not_the_table(tmp_path: Path) -> None:
+    """/metrics and the status page read these on SQLite's writer thread at every scrape and
+    refresh: a plan that scans the deliveries table holds up every write meanwhile."""
     with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3")) as connection:
         migrate(connection)
-        plan = connection.execute("EXPLAIN QUERY PLAN " + DESTINATION_STATS).fetchall()
+        stats, counts = (
+            [detail for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + query)]
+            for query in (DESTINATION_STATS, STATE_COUNTS)
+        )
 
-    reads = [detail for *_, detail in plan if "deliveries" in detail]
-    assert reads == [
+    assert [detail for detail in stats if "deliveries" in detail] == [
         "SCAN deliveries USING INDEX deliveries_lane",
         "SEARCH deliveries USING INDEX deliveries_done (state=?)",
+    ]
+    assert [detail for detail in counts if "deliveries" in detail] == [
+        "SCAN deliveries USING INDEX deliveries_lane",
+        "SCAN deliveries USING COVERING INDEX deliveries_done",
     ]
 
 

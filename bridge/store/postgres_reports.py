@@ -9,6 +9,7 @@ from bridge.store.postgres_pool import PostgresPool, row_count
 from bridge.store.records import (
     DESTINATION_STATS,
     FORGET_INCIDENTS,
+    STATE_COUNTS,
     DeliveryRow,
     DestinationStats,
     EventRow,
@@ -72,9 +73,8 @@ class PostgresReports(PostgresPool):
 
     async def counts(self) -> dict[State, int]:
         async def work(c: Any) -> dict[State, int]:
-            rows = await c.fetch("SELECT state, count(*) AS n FROM deliveries GROUP BY state")
-            found = {row["state"]: int(row["n"]) for row in rows}
-            return state_counts(found)
+            rows = await c.fetch(STATE_COUNTS)
+            return state_counts({state: int(n) for state, n in rows})
 
         return await self._run(work)
 

@@ -44,6 +44,14 @@ SELECT destination, sum(pending), min(oldest_pending), sum(dead), min(oldest_dea
 ) AS lanes GROUP BY destination
 """
 
+# Deliveries by state, the same way: the pending from the lanes' index, the others from the
+# covering index of finished ones (a scan of the sent ones still, but not of the table).
+STATE_COUNTS = """
+SELECT 'pending', count(*) FROM deliveries WHERE state = 'pending'
+UNION ALL
+SELECT state, count(*) FROM deliveries WHERE state != 'pending' GROUP BY state
+"""
+
 log = logging.getLogger("bridge.store")
 
 # `silenced`: a delivery a silence muted at intake, kept to be shown and never sent.

@@ -7,6 +7,7 @@ import sqlite3
 from bridge.store.records import (
     DESTINATION_STATS,
     FORGET_INCIDENTS,
+    STATE_COUNTS,
     DeliveryRow,
     DestinationStats,
     EventRow,
@@ -68,8 +69,7 @@ class SqliteReports(SqliteWriter):
 
     async def counts(self) -> dict[State, int]:
         def work(c: sqlite3.Connection) -> dict[State, int]:
-            found = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
-            return state_counts(found)
+            return state_counts(dict(c.execute(STATE_COUNTS)))
 
         return await self._call(work)
 
