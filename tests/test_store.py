@@ -23,6 +23,7 @@ from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_reports import listing
 from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
 from tests.conftest import plan
@@ -394,15 +395,50 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
     assert stats["ci-alerts"].oldest_dead_at == pytest.approx(t0)
 
 
-def test_destination_stats_and_counts_read_the_indexes_not_the_table(tmp_path: Path) -> None:
-    """/metrics and the status page read these on SQLite's writer thread at every scrape and
-    refresh: a plan that scans the deliveries table holds up every write meanwhile."""
+async def test_reports_answer_while_the_file_is_locked_for_writing(tmp_path: Path) -> None:
+    """The status page and /metrics read on a connection of their own, not in the writer's
+    transactions: a report never waits for the writes, and the writes never wait for it."""
+    path = tmp_path / "outbox.sqlite3"
+    store = SqliteStore(path)
+    await store.open(serving=True)
+    try:
+        await store.accept(event(1), plan(["ci-alerts"]))
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock, as a long write would
+            try:
+                counts, stats, events = await asyncio.wait_for(
+                    asyncio.gather(
+                        store.counts(), store.destination_stats(), store.recent_events(10)
+                    ),
+                    timeout=3.0,
+                )
+            finally:
+                other.execute("ROLLBACK")
+    finally:
+        await store.close()
+
+    assert counts["pending"] == 1 and stats["ci-alerts"].pending == 1
+    assert [e.build_id for e in events] == [1]
+
+
+def test_the_status_pages_reads_take_the_indexes_not_the_table(tmp_path: Path) -> None:
+    """/metrics and the status page read these at every scrape and refresh: a plan that
+    scans the deliveries table (its sent deliveries are most of it) reads it all each time."""
     with contextlib.closing(sqlite3.connect(tmp_path / "outbox.sqlite3")) as connection:
         migrate(connection)
         stats, counts = (
             [detail for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + query)]
             for query in (DESTINATION_STATS, STATE_COUNTS)
         )
+        listed = {
+            state: [
+                detail
+                for *_, detail in connection.execute(
+                    "EXPLAIN QUERY PLAN " + listing(state), (None, 50, state)
+                )
+            ]
+            for state in ("pending", "dead")
+        }
 
     assert [detail for detail in stats if "deliveries" in detail] == [
         "SCAN deliveries USING INDEX deliveries_lane",
@@ -412,6 +448,8 @@ def test_destination_stats_and_counts_read_the_indexes_not_the_table(tmp_path: P
         "SCAN deliveries USING INDEX deliveries_lane",
         "SCAN deliveries USING COVERING INDEX deliveries_done",
     ]
+    assert listed["pending"][0] == "SCAN d USING INDEX deliveries_lane"
+    assert listed["dead"][0] == "SEARCH d USING INDEX deliveries_done (state=?)"
 
 
 async def test_recent_events_come_newest_first_with_their_deliveries(store: Store) -> None:

@@ -17,24 +17,39 @@ from bridge.store.records import (
 )
 from bridge.store.sqlite_writer import SqliteWriter
 
+# The status page lists the pending and the dead deliveries: those are read from their
+# indexes (a backlog, dead letters: few) and sorted ('+' keeps SQLite from walking the table
+# in id order instead, through every sent delivery); any other state (sent: most of the
+# table) is found at once in id order, newest first.
+_FROM_INDEX = {
+    "pending": "d.state = 'pending'",
+    "dead": "d.state = 'dead' AND d.state != 'pending'",
+}
+
+
+def listing(state: State | None) -> str:
+    """The statement listing deliveries in `state` (any if None), for ?1 destination (any
+    if NULL), ?2 of them at most, ?3 the state."""
+    where, order = "(?3 IS NULL OR d.state = ?3)", "d.id DESC"
+    if state in _FROM_INDEX:
+        where, order = f"{_FROM_INDEX[state]} AND ?3 = d.state", "+d.id DESC"
+    return (
+        "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
+        " d.updated_at, d.next_attempt_at, d.last_error, e.factory, e.trigger, e.build_id,"
+        " e.status FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE {where} AND (?1 IS NULL OR d.destination = ?1) ORDER BY {order} LIMIT ?2"
+    )
+
 
 class SqliteReports(SqliteWriter):
     async def list_deliveries(
         self, state: State | None = None, destination: str | None = None, limit: int = 100
     ) -> list[DeliveryRow]:
         def work(c: sqlite3.Connection) -> list[DeliveryRow]:
-            rows = c.execute(
-                "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
-                " d.updated_at, d.next_attempt_at, d.last_error,"
-                " e.factory, e.trigger, e.build_id, e.status"
-                " FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.destination = ?2)"
-                " ORDER BY d.id DESC LIMIT ?3",
-                (state, destination, limit),
-            ).fetchall()
+            rows = c.execute(listing(state), (destination, limit, state)).fetchall()
             return [DeliveryRow(*row) for row in rows]
 
-        return await self._call(work)
+        return await self._reader.read(work)
 
     async def requeue_dead(self, ids: list[int] | None, now: float) -> int:
         def work(c: sqlite3.Connection) -> int:
@@ -71,14 +86,14 @@ class SqliteReports(SqliteWriter):
         def work(c: sqlite3.Connection) -> dict[State, int]:
             return state_counts(dict(c.execute(STATE_COUNTS)))
 
-        return await self._call(work)
+        return await self._reader.read(work)
 
     async def destination_stats(self) -> dict[str, DestinationStats]:
         def work(c: sqlite3.Connection) -> dict[str, DestinationStats]:
             rows = c.execute(DESTINATION_STATS)
             return {name: DestinationStats(*stats) for name, *stats in rows}
 
-        return await self._call(work)
+        return await self._reader.read(work)
 
     async def recent_events(
         self, limit: int, factory: str | None = None, build_id: int | None = None
@@ -107,7 +122,7 @@ class SqliteReports(SqliteWriter):
                 for id_, factory_, trigger, build, status, received_at, body in events
             ]
 
-        return await self._call(work)
+        return await self._reader.read(work)
 
     async def hourly_activity(self, since: float, hours: int) -> list[HourActivity]:
         def work(c: sqlite3.Connection) -> list[HourActivity]:
@@ -133,4 +148,4 @@ class SqliteReports(SqliteWriter):
                 for hour in range(hours)
             ]
 
-        return await self._call(work)
+        return await self._reader.read(work)

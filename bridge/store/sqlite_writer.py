@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from bridge.store.records import StoreUnavailable, unavailable
 from bridge.store.sqlite_checkpoint import Checkpointer
+from bridge.store.sqlite_reader import SqliteReader
 from bridge.store.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -73,6 +74,7 @@ class SqliteWriter:
         self._sent_writes: set[asyncio.Future[None]] = set()
         self._closing = False
         self._checkpointer: Checkpointer | None = None
+        self._reader = SqliteReader(self.path)  # for the reports (see sqlite_reader)
 
     # -- the writer thread --------------------------------------------------
 
@@ -106,6 +108,7 @@ class SqliteWriter:
             target=self._run, args=(connection,), name="sqlite-store", daemon=True
         )
         self._thread.start()
+        self._reader.open()
         if serving:
             self._checkpointer = Checkpointer(self.path)
             self._checkpointer.start()
@@ -124,6 +127,7 @@ class SqliteWriter:
             await self._before_close()
         self._closing = True
         self._run_quick()  # what is waiting for the loop's next turn
+        await asyncio.to_thread(self._reader.close)
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
