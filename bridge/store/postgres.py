@@ -19,7 +19,8 @@ that loses the race takes nothing rather than rows behind the head. Taking a lan
 over releases the claims its previous owner left, as opening the SQLite file does.
 
 The connections are in postgres_pool.py, the schema in postgres_schema.py, and the calls
-of each kind of caller in postgres_intake.py, postgres_lanes.py and postgres_reports.py.
+of each kind of caller in postgres_intake.py, postgres_lanes.py (with postgres_threads.py)
+and postgres_reports.py.
 """
 
 from __future__ import annotations
