@@ -461,6 +461,10 @@ async def test_recent_events_come_newest_first_with_their_deliveries(store: Stor
     assert [d.destination for d in events[0].deliveries] == ["ci-alerts", "audit"]
     assert [e.build_id for e in await store.recent_events(10, build_id=1)] == [1]
     assert await store.recent_events(10, factory="someone-else") == []
+    assert await store.recent_events(10, factory="someone-else", build_id=1) == []
+    assert [e.build_id for e in await store.recent_events(10, "andy-corp", 2)] == [2]
+    assert [e.build_id for e in await store.recent_events(2, "andy-corp")] == [3, 2]
+    assert [e.build_id for e in await store.recent_events(10, "andy-corp")] == [3, 2, 1, 0]
 
 
 async def test_hourly_activity_has_every_hour(store: Store) -> None:
