@@ -9,6 +9,7 @@ from bridge.store.postgres_pool import PostgresPool, row_count
 from bridge.store.records import (
     DESTINATION_STATS,
     FORGET_INCIDENTS,
+    LISTED_FROM_INDEX,
     STATE_COUNTS,
     DeliveryRow,
     DestinationStats,
@@ -30,9 +31,12 @@ class PostgresReports(PostgresPool):
         self, state: State | None = None, destination: str | None = None, limit: int = 100
     ) -> list[DeliveryRow]:
         async def work(c: Any) -> list[DeliveryRow]:
+            where = "($1::text IS NULL OR d.state = $1)"
+            if state in LISTED_FROM_INDEX:
+                where = f"{LISTED_FROM_INDEX[state]} AND $1::text = d.state"
             rows = await c.fetch(
-                _DELIVERY_ROW + " WHERE ($1::text IS NULL OR d.state = $1) AND ($2::text IS NULL"
-                " OR d.destination = $2) ORDER BY d.id DESC LIMIT $3",
+                f"{_DELIVERY_ROW} WHERE {where} AND ($2::text IS NULL OR d.destination = $2)"
+                " ORDER BY d.id DESC LIMIT $3",
                 state,
                 destination,
                 limit,

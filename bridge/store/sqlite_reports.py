@@ -7,6 +7,7 @@ import sqlite3
 from bridge.store.records import (
     DESTINATION_STATS,
     FORGET_INCIDENTS,
+    LISTED_FROM_INDEX,
     STATE_COUNTS,
     DeliveryRow,
     DestinationStats,
@@ -17,22 +18,14 @@ from bridge.store.records import (
 )
 from bridge.store.sqlite_writer import SqliteWriter
 
-# The status page lists the pending and the dead deliveries: those are read from their
-# indexes (a backlog, dead letters: few) and sorted ('+' keeps SQLite from walking the table
-# in id order instead, through every sent delivery); any other state (sent: most of the
-# table) is found at once in id order, newest first.
-_FROM_INDEX = {
-    "pending": "d.state = 'pending'",
-    "dead": "d.state = 'dead' AND d.state != 'pending'",
-}
-
 
 def listing(state: State | None) -> str:
     """The statement listing deliveries in `state` (any if None), for ?1 destination (any
     if NULL), ?2 of them at most, ?3 the state."""
     where, order = "(?3 IS NULL OR d.state = ?3)", "d.id DESC"
-    if state in _FROM_INDEX:
-        where, order = f"{_FROM_INDEX[state]} AND ?3 = d.state", "+d.id DESC"
+    if state in LISTED_FROM_INDEX:
+        # '+': sorted after, not found by walking the table in id order
+        where, order = f"{LISTED_FROM_INDEX[state]} AND ?3 = d.state", "+d.id DESC"
     return (
         "SELECT d.id, d.event_id, d.destination, d.state, d.attempts, d.created_at,"
         " d.updated_at, d.next_attempt_at, d.last_error, e.factory, e.trigger, e.build_id,"
