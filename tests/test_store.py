@@ -23,7 +23,7 @@ from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
-from bridge.store.sqlite_reports import listing
+from bridge.store.sqlite_reports import PURGE_CHUNK, listing
 from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
 from tests.conftest import plan
@@ -393,6 +393,32 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
     assert (stats["ci-alerts"].pending, stats["ci-alerts"].dead) == (2, 1)
     assert stats["ci-alerts"].oldest_pending_at == pytest.approx(t0 + 1)
     assert stats["ci-alerts"].oldest_dead_at == pytest.approx(t0)
+
+
+async def test_a_large_purge_lets_webhooks_through_as_it_goes(tmp_path: Path) -> None:
+    """The first purge after days down deletes a great many rows: in writer jobs of
+    PURGE_CHUNK, an event accepted meanwhile goes between two of them, not after them all."""
+    store = SqliteStore(tmp_path / "outbox.sqlite3")
+    await store.open(serving=True)
+    try:
+        t0 = time.time() - 86400
+        lanes = [f"chat-{n}" for n in range(10)]
+        for n in range(3 * PURGE_CHUNK // len(lanes)):
+            await store.accept(event(n, at=t0), plan(lanes))
+        for lane in lanes:
+            for delivery in (await store.claim(lane, t0, 1000, LEASE)).deliveries:
+                await store.mark_sent(delivery.id, t0)
+
+        purging = asyncio.ensure_future(store.purge(time.time(), ("sent",)))
+        await asyncio.sleep(0)  # the purge's first job is queued
+        accepted = await store.accept(event(10_000), plan(["ci-alerts"]))
+        purged_meanwhile = purging.done()
+        purged = await purging
+    finally:
+        await store.close()
+
+    assert not accepted.duplicate and not purged_meanwhile
+    assert purged == 3 * PURGE_CHUNK
 
 
 async def test_reports_answer_while_the_file_is_locked_for_writing(tmp_path: Path) -> None:

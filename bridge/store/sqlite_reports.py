@@ -34,6 +34,8 @@ def listing(state: State | None) -> str:
     )
 
 
+# The most rows a purge deletes in one writer job.
+PURGE_CHUNK = 500
 # How many of the newest events a search by factory reads first, in id order.
 RECENT_SEARCHED = 1_000
 
@@ -91,23 +93,40 @@ class SqliteReports(SqliteWriter):
         return await self._call(work)
 
     async def purge(self, before: float, states: tuple[State, ...]) -> int:
-        def work(c: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(states))
-            deleted = c.execute(
-                f"DELETE FROM deliveries WHERE state IN ({marks}) AND updated_at < ?",
-                (*states, before),
+        """In writer jobs of PURGE_CHUNK rows at most: the webhooks and the lanes' jobs go
+        between them (the first purge after days down, or after a shorter retention, has a
+        great many rows to delete: in one job, every write waited for all of them)."""
+        marks = ",".join("?" * len(states))
+
+        def deliveries(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                f" WHERE state IN ({marks}) AND updated_at < ? LIMIT ?)",
+                (*states, before, PURGE_CHUNK),
             ).rowcount
-            c.execute(
-                "DELETE FROM events WHERE received_at < ? AND NOT EXISTS"
-                " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                (before,),
-            )
+
+        def events(c: sqlite3.Connection) -> int:
+            return c.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+                " LIMIT ?)",
+                (before, PURGE_CHUNK),
+            ).rowcount
+
+        def the_rest(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
             for statement in FORGET_INCIDENTS:
                 c.execute(statement)
-            return deleted
 
-        return await self._call(work)
+        deleted = 0
+        while (chunk := await self._call(deliveries)) > 0:
+            deleted += chunk
+            if chunk < PURGE_CHUNK:
+                break
+        while await self._call(events) == PURGE_CHUNK:
+            pass
+        await self._call(the_rest)
+        return deleted
 
     async def counts(self) -> dict[State, int]:
         def work(c: sqlite3.Connection) -> dict[State, int]:
