@@ -93,9 +93,10 @@ class SqliteReports(SqliteWriter):
         return await self._call(work)
 
     async def purge(self, before: float, states: tuple[State, ...]) -> int:
-        """In writer jobs of PURGE_CHUNK rows at most: the webhooks and the lanes' jobs go
-        between them (the first purge after days down, or after a shorter retention, has a
-        great many rows to delete: in one job, every write waited for all of them)."""
+        """In writer jobs of PURGE_CHUNK deliveries and events at most (one job, mostly): the
+        webhooks and the lanes' jobs go between them (the first purge after days down, or
+        after a shorter retention, has a great many rows to delete: in one job, every write
+        waited for all of them)."""
         marks = ",".join("?" * len(states))
 
         def deliveries(c: sqlite3.Connection) -> int:
@@ -113,19 +114,20 @@ class SqliteReports(SqliteWriter):
                 (before, PURGE_CHUNK),
             ).rowcount
 
-        def the_rest(c: sqlite3.Connection) -> None:
+        def step(c: sqlite3.Connection) -> tuple[int, bool]:
+            """Some of it: the deliveries deleted, and whether that was the last of it."""
+            deleted = deliveries(c)
+            if deleted == PURGE_CHUNK or events(c) == PURGE_CHUNK:
+                return deleted, False
             c.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
             for statement in FORGET_INCIDENTS:
                 c.execute(statement)
+            return deleted, True
 
-        deleted = 0
-        while (chunk := await self._call(deliveries)) > 0:
+        deleted, done = 0, False
+        while not done:
+            chunk, done = await self._call(step)
             deleted += chunk
-            if chunk < PURGE_CHUNK:
-                break
-        while await self._call(events) == PURGE_CHUNK:
-            pass
-        await self._call(the_rest)
         return deleted
 
     async def counts(self) -> dict[State, int]:
