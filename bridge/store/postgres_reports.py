@@ -96,13 +96,19 @@ class PostgresReports(PostgresPool):
         self, limit: int, factory: str | None = None, build_id: int | None = None
     ) -> list[EventRow]:
         async def work(c: Any) -> list[EventRow]:
+            # Only the filters given, so that the planner may read the events' index of
+            # builds for them rather than every event (bodies and all) in id order.
+            args: list[object] = []
+            filters = []
+            for column, value in (("factory", factory), ("build_id", build_id)):
+                if value is not None:
+                    args.append(value)
+                    filters.append(f"{column} = ${len(args)}")
+            args.append(limit)
             events = await c.fetch(
                 "SELECT id, factory, trigger, build_id, status, received_at, body FROM events"
-                " WHERE ($1::text IS NULL OR factory = $1) AND ($2::bigint IS NULL"
-                " OR build_id = $2) ORDER BY id DESC LIMIT $3",
-                factory,
-                build_id,
-                limit,
+                f" WHERE {' AND '.join(filters) or 'true'} ORDER BY id DESC LIMIT ${len(args)}",
+                *args,
             )
             ids = [row["id"] for row in events]
             deliveries: dict[int, list[DeliveryRow]] = {i: [] for i in ids}
