@@ -23,6 +23,7 @@ from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_lanes import ORPHANS_CHUNK
 from bridge.store.sqlite_reports import PURGE_CHUNK, listing
 from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
@@ -419,6 +420,31 @@ async def test_a_large_purge_lets_webhooks_through_as_it_goes(tmp_path: Path) ->
 
     assert not accepted.duplicate and not purged_meanwhile
     assert purged == 3 * PURGE_CHUNK
+
+
+async def test_a_removed_destinations_backlog_dies_while_webhooks_go_on(tmp_path: Path) -> None:
+    """A reload that removes a destination dead-letters its backlog, of any size, in writer
+    jobs of ORPHANS_CHUNK: an event accepted meanwhile goes between two of them."""
+    store = SqliteStore(tmp_path / "outbox.sqlite3")
+    await store.open(serving=True)
+    try:
+        lanes = [f"gone-{n}" for n in range(10)]
+        for n in range(2 * ORPHANS_CHUNK // len(lanes) + 1):
+            await store.accept(event(n), plan([*lanes, "kept"]))
+
+        killing = asyncio.ensure_future(store.kill_orphans({"kept", "ci-alerts"}, time.time()))
+        await asyncio.sleep(0)  # its first job is queued
+        accepted = await store.accept(event(10_000), plan(["ci-alerts"]))
+        killed_meanwhile = killing.done()
+        killed = await killing
+        stats = await store.destination_stats()
+    finally:
+        await store.close()
+
+    assert not accepted.duplicate and not killed_meanwhile
+    assert killed == 2 * ORPHANS_CHUNK + len(lanes)
+    assert stats["kept"].dead == 0 and stats["ci-alerts"].pending == 1
+    assert sum(stats[lane].dead for lane in lanes) == killed
 
 
 async def test_reports_answer_while_the_file_is_locked_for_writing(tmp_path: Path) -> None:

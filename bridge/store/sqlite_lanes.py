@@ -20,6 +20,7 @@ SENT_RETRY = 1.0  # seconds before sent outcomes that could not be written are t
 # How long a sent outcome waits for others to share its write: a few sends of a busy lane,
 # far less than a send to a chat over a network (a crash resends at most these).
 SENT_GATHER = 0.002
+ORPHANS_CHUNK = 500  # deliveries to removed destinations dead-lettered in one writer job
 
 
 def _restore(claims: dict[int, float], before: dict[int, float | None]) -> None:
@@ -205,17 +206,26 @@ class SqliteLanes(SqliteWriter):
         await self._finish(delivery_id, "dead", now, error, now)
 
     async def kill_orphans(self, destinations: set[str], now: float) -> int:
+        """In writer jobs of ORPHANS_CHUNK at most, as a purge: a destination removed by a
+        reload may leave a backlog of any size, and the webhooks go on meanwhile."""
+        names = sorted(destinations)
+        marks = ",".join("?" * len(names))
+
         def work(c: sqlite3.Connection) -> int:
-            names = sorted(destinations)
-            marks = ",".join("?" * len(names))
             return c.execute(
                 "UPDATE deliveries SET state = 'dead', updated_at = ?, claimed_until = NULL,"
                 " last_error = 'destination ' || destination || ' is no longer configured'"
-                f" WHERE state = 'pending' AND destination NOT IN ({marks})",
-                (now, *names),
+                " WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending'"
+                f" AND destination NOT IN ({marks}) LIMIT ?)",
+                (now, *names, ORPHANS_CHUNK),
             ).rowcount
 
-        return await self._call(work)
+        killed = 0
+        while (chunk := await self._call(work)) > 0:
+            killed += chunk
+            if chunk < ORPHANS_CHUNK:
+                break
+        return killed
 
     async def thread(self, destination: str, factory: str, trigger: str) -> str | None:
         def work(c: sqlite3.Connection) -> str | None:
