@@ -24,7 +24,7 @@ from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_lanes import ORPHANS_CHUNK
-from bridge.store.sqlite_reports import PURGE_CHUNK, listing
+from bridge.store.sqlite_reports import HOURLY_EVENTS, PURGE_CHUNK, listing
 from bridge.store.sqlite_schema import migrate
 from bridge.transitions import Transition
 from tests.conftest import plan
@@ -482,6 +482,10 @@ def test_the_status_pages_reads_take_the_indexes_not_the_table(tmp_path: Path) -
             [detail for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + query)]
             for query in (DESTINATION_STATS, STATE_COUNTS)
         )
+        chart = [
+            detail
+            for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + HOURLY_EVENTS, (0, 1))
+        ]
         listed = {
             state: [
                 detail
@@ -500,6 +504,7 @@ def test_the_status_pages_reads_take_the_indexes_not_the_table(tmp_path: Path) -
         "SCAN deliveries USING INDEX deliveries_lane",
         "SCAN deliveries USING COVERING INDEX deliveries_done",
     ]
+    assert chart[0].startswith("SEARCH events USING COVERING INDEX events_received")
     assert listed["pending"][0] == "SCAN d USING INDEX deliveries_lane"
     assert listed["dead"][0] == "SEARCH d USING INDEX deliveries_done (state=?)"
 

@@ -34,6 +34,12 @@ def listing(state: State | None) -> str:
     )
 
 
+# The chart's events of each hour since ?1 until ?2, and how many failed: from the index of
+# (received_at, status) alone.
+HOURLY_EVENTS = (
+    "SELECT CAST((received_at - ?1) / 3600 AS INTEGER), count(*), sum(status = 'FAILED')"
+    " FROM events WHERE received_at >= ?1 AND received_at < ?2 GROUP BY 1"
+)
 # The most rows a purge deletes in one writer job.
 PURGE_CHUNK = 500
 # How many of the newest events a search by factory reads first, in id order.
@@ -176,12 +182,7 @@ class SqliteReports(SqliteWriter):
             until = since + hours * 3600.0
             received = {
                 hour: (count, failed)
-                for hour, count, failed in c.execute(
-                    "SELECT CAST((received_at - ?1) / 3600 AS INTEGER), count(*),"
-                    " sum(status = 'FAILED') FROM events"
-                    " WHERE received_at >= ?1 AND received_at < ?2 GROUP BY 1",
-                    (since, until),
-                )
+                for hour, count, failed in c.execute(HOURLY_EVENTS, (since, until))
             }
             died = dict(
                 c.execute(
