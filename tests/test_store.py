@@ -23,9 +23,9 @@ from bridge.store.postgres_lanes import _CLAIM
 from bridge.store.postgres_schema import MIGRATIONS
 from bridge.store.records import DESTINATION_STATS, STATE_COUNTS
 from bridge.store.sqlite import SqliteStore
-from bridge.store.sqlite_lanes import ORPHANS_CHUNK
-from bridge.store.sqlite_reports import HOURLY_EVENTS, PURGE_CHUNK, listing
+from bridge.store.sqlite_reports import HOURLY_EVENTS, listing
 from bridge.store.sqlite_schema import migrate
+from bridge.store.sqlite_writer import JOB_ROWS
 from bridge.transitions import Transition
 from tests.conftest import plan
 from tests.postgres import fresh_database
@@ -398,13 +398,13 @@ async def test_destination_stats_count_pending_and_dead(store: Store) -> None:
 
 async def test_a_large_purge_lets_webhooks_through_as_it_goes(tmp_path: Path) -> None:
     """The first purge after days down deletes a great many rows: in writer jobs of
-    PURGE_CHUNK, an event accepted meanwhile goes between two of them, not after them all."""
+    JOB_ROWS, an event accepted meanwhile goes between two of them, not after them all."""
     store = SqliteStore(tmp_path / "outbox.sqlite3")
     await store.open(serving=True)
     try:
         t0 = time.time() - 86400
         lanes = [f"chat-{n}" for n in range(10)]
-        for n in range(3 * PURGE_CHUNK // len(lanes)):
+        for n in range(3 * JOB_ROWS // len(lanes)):
             await store.accept(event(n, at=t0), plan(lanes))
         for lane in lanes:
             for delivery in (await store.claim(lane, t0, 1000, LEASE)).deliveries:
@@ -419,17 +419,17 @@ async def test_a_large_purge_lets_webhooks_through_as_it_goes(tmp_path: Path) ->
         await store.close()
 
     assert not accepted.duplicate and not purged_meanwhile
-    assert purged == 3 * PURGE_CHUNK
+    assert purged == 3 * JOB_ROWS
 
 
 async def test_a_removed_destinations_backlog_dies_while_webhooks_go_on(tmp_path: Path) -> None:
     """A reload that removes a destination dead-letters its backlog, of any size, in writer
-    jobs of ORPHANS_CHUNK: an event accepted meanwhile goes between two of them."""
+    jobs of JOB_ROWS: an event accepted meanwhile goes between two of them."""
     store = SqliteStore(tmp_path / "outbox.sqlite3")
     await store.open(serving=True)
     try:
         lanes = [f"gone-{n}" for n in range(10)]
-        for n in range(2 * ORPHANS_CHUNK // len(lanes) + 1):
+        for n in range(2 * JOB_ROWS // len(lanes) + 1):
             await store.accept(event(n), plan([*lanes, "kept"]))
 
         killing = asyncio.ensure_future(store.kill_orphans({"kept", "ci-alerts"}, time.time()))
@@ -442,7 +442,7 @@ async def test_a_removed_destinations_backlog_dies_while_webhooks_go_on(tmp_path
         await store.close()
 
     assert not accepted.duplicate and not killed_meanwhile
-    assert killed == 2 * ORPHANS_CHUNK + len(lanes)
+    assert killed == 2 * JOB_ROWS + len(lanes)
     assert stats["kept"].dead == 0 and stats["ci-alerts"].pending == 1
     assert sum(stats[lane].dead for lane in lanes) == killed
 

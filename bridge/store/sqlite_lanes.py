@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 
 from bridge.incidents import Key, Record, Seen, Window
 from bridge.store.records import LATEST_COPY, Claim, Delivery, State, StoreUnavailable
-from bridge.store.sqlite_writer import HIGHEST, LOWEST, SqliteWriter, bound, scalar
+from bridge.store.sqlite_writer import HIGHEST, JOB_ROWS, LOWEST, SqliteWriter, bound, scalar
 from bridge.transitions import (
     Transition,
 )
@@ -20,7 +20,6 @@ SENT_RETRY = 1.0  # seconds before sent outcomes that could not be written are t
 # How long a sent outcome waits for others to share its write: a few sends of a busy lane,
 # far less than a send to a chat over a network (a crash resends at most these).
 SENT_GATHER = 0.002
-ORPHANS_CHUNK = 500  # deliveries to removed destinations dead-lettered in one writer job
 
 
 def _restore(claims: dict[int, float], before: dict[int, float | None]) -> None:
@@ -206,7 +205,7 @@ class SqliteLanes(SqliteWriter):
         await self._finish(delivery_id, "dead", now, error, now)
 
     async def kill_orphans(self, destinations: set[str], now: float) -> int:
-        """In writer jobs of ORPHANS_CHUNK at most, as a purge: a destination removed by a
+        """In writer jobs of JOB_ROWS at most, as a purge: a destination removed by a
         reload may leave a backlog of any size, and the webhooks go on meanwhile."""
         names = sorted(destinations)
         marks = ",".join("?" * len(names))
@@ -217,13 +216,13 @@ class SqliteLanes(SqliteWriter):
                 " last_error = 'destination ' || destination || ' is no longer configured'"
                 " WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending'"
                 f" AND destination NOT IN ({marks}) LIMIT ?)",
-                (now, *names, ORPHANS_CHUNK),
+                (now, *names, JOB_ROWS),
             ).rowcount
 
         killed = 0
         while (chunk := await self._call(work)) > 0:
             killed += chunk
-            if chunk < ORPHANS_CHUNK:
+            if chunk < JOB_ROWS:
                 break
         return killed
 

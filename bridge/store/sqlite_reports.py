@@ -16,7 +16,7 @@ from bridge.store.records import (
     State,
     state_counts,
 )
-from bridge.store.sqlite_writer import SqliteWriter
+from bridge.store.sqlite_writer import JOB_ROWS, SqliteWriter
 
 
 def listing(state: State | None) -> str:
@@ -40,8 +40,6 @@ HOURLY_EVENTS = (
     "SELECT CAST((received_at - ?1) / 3600 AS INTEGER), count(*), sum(status = 'FAILED')"
     " FROM events WHERE received_at >= ?1 AND received_at < ?2 GROUP BY 1"
 )
-# The most rows a purge deletes in one writer job.
-PURGE_CHUNK = 500
 # How many of the newest events a search by factory reads first, in id order.
 RECENT_SEARCHED = 1_000
 
@@ -99,7 +97,7 @@ class SqliteReports(SqliteWriter):
         return await self._call(work)
 
     async def purge(self, before: float, states: tuple[State, ...]) -> int:
-        """In writer jobs of PURGE_CHUNK deliveries and events at most (one job, mostly): the
+        """In writer jobs of JOB_ROWS deliveries and events at most (one job, mostly): the
         webhooks and the lanes' jobs go between them (the first purge after days down, or
         after a shorter retention, has a great many rows to delete: in one job, every write
         waited for all of them)."""
@@ -109,7 +107,7 @@ class SqliteReports(SqliteWriter):
             return c.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
                 f" WHERE state IN ({marks}) AND updated_at < ? LIMIT ?)",
-                (*states, before, PURGE_CHUNK),
+                (*states, before, JOB_ROWS),
             ).rowcount
 
         def events(c: sqlite3.Connection) -> int:
@@ -117,13 +115,13 @@ class SqliteReports(SqliteWriter):
                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
                 " LIMIT ?)",
-                (before, PURGE_CHUNK),
+                (before, JOB_ROWS),
             ).rowcount
 
         def step(c: sqlite3.Connection) -> tuple[int, bool]:
             """Some of it: the deliveries deleted, and whether that was the last of it."""
             deleted = deliveries(c)
-            if deleted == PURGE_CHUNK or events(c) == PURGE_CHUNK:
+            if deleted == JOB_ROWS or events(c) == JOB_ROWS:
                 return deleted, False
             c.execute("DELETE FROM silences WHERE ends_at < ?", (before,))
             for statement in FORGET_INCIDENTS:

@@ -37,6 +37,9 @@ Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]
 MAX_BATCH = 512
 # The most quick jobs run at once on the event loop (more wait for its next turn).
 MAX_QUICK_BATCH = 64
+# The most rows a long write (a purge, a removed destination's backlog) changes in one job:
+# the webhooks and the lanes' jobs go between two of them.
+JOB_ROWS = 500
 # An in-memory change a job made, undone when its writes are rolled back.
 Undo = Callable[[], None]
 LOWEST, HIGHEST = -(2**63), 2**63 - 1
