@@ -113,7 +113,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 7: the status page's chart counts the events of each hour, failed or not, from this
     # index alone: not from the events' rows, which hold their bodies.
     (
-        "DROP INDEX events_received",
+        "DROP INDEX IF EXISTS events_received",  # a file of the first version may lack it
         "CREATE INDEX events_received ON events (received_at, status)",
     ),
 ]
