@@ -189,6 +189,20 @@ def test_a_digest_with_nothing_more_does_not_say_more(chat: str) -> None:
     assert "more follow" not in text
 
 
+def test_a_teams_digest_pings_whom_its_builds_mention() -> None:
+    listed = entries(3, mentions=("Alice <alice@example.com>", "CI team"))
+    body = default_of(CHAT_TYPES["teams"]).render(digest_context(listed, destination="ci"))
+    card = body["attachments"][0]["content"]
+    assert card["msteams"]["entities"] == [
+        {
+            "type": "mention",
+            "text": "<at>Alice</at>",
+            "mentioned": {"id": "alice@example.com", "name": "Alice"},
+        }
+    ]
+    assert {"type": "TextBlock", "wrap": True, "text": "<at>Alice</at> CI team"} in card["body"]
+
+
 def test_a_slack_digest_escapes_what_builds_carry() -> None:
     hostile = [{**entry, "trigger": "<!here> *bold*", "note": "<@U1> & co"} for entry in entries(2)]
     body = default_of(CHAT_TYPES["slack-webhook"]).render(digest_context(hostile, destination="ci"))

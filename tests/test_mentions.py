@@ -52,7 +52,7 @@ MENTIONS: dict[str, list[str]] = {
     "mattermost": ["@alice", "@ci-team"],
     "rocketchat": ["@alice"],
     "matrix": ["@alice:example.org"],
-    "teams": ["Alice Example"],
+    "teams": ["Alice Example <alice@example.com>", "bob@example.com", "CI team"],
     "generic": ["@alice", "<@U456>"],
 }
 CASES: dict[str, ChatCase] = {
@@ -148,6 +148,18 @@ def rocketchat_mentions(message: dict[str, Any]) -> list[str]:
     ]
 
 
+def teams_mentions(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """Teams: a card's msteams.entities, each (its user id, its name), that notify whoever
+    they name where their `<at>name</at>` text is in the card."""
+    card = message["attachments"][0]["content"]
+    texts = all_strings(card["body"])
+    return [
+        (entity["mentioned"]["id"], entity["mentioned"]["name"])
+        for entity in card.get("msteams", {}).get("entities", [])
+        if entity["type"] == "mention" and any(entity["text"] in text for text in texts)
+    ]
+
+
 def googlechat_mentions(message: dict[str, Any]) -> list[str]:
     """Google Chat reads `<users/...>` in a message's text; a card shows it as it is."""
     return re.findall(r"<users/[^>]*>", message.get("text", ""))
@@ -190,8 +202,14 @@ async def test_every_chat_mentions_whom_the_route_names_on_a_failure(
         in matrix["formatted_body"]
     )
 
+    # "Name <UPN or object id>" and a bare UPN ping; other text is shown as it is.
+    assert teams_mentions(sent["teams"]) == [
+        ("alice@example.com", "Alice Example"),
+        ("bob@example.com", "bob@example.com"),
+    ]
     card = sent["teams"]["attachments"][0]["content"]
-    assert {"type": "TextBlock", "wrap": True, "text": "Alice Example"} in card["body"]
+    mentioned = "<at>Alice Example</at> <at>bob@example.com</at> CI team"
+    assert {"type": "TextBlock", "wrap": True, "text": mentioned} in card["body"]
 
     assert sent["generic"]["mentions"] == ["@alice", "<@U456>"]
 
@@ -212,6 +230,7 @@ async def test_nobody_is_mentioned_when_a_build_passes(
     assert mattermost_mentions(sent["mattermost"]) == []
     assert rocketchat_mentions(sent["rocketchat"]) == []
     assert sent["matrix"]["m.mentions"] == {}
+    assert teams_mentions(sent["teams"]) == []
     assert "Alice Example" not in json.dumps(sent["teams"])
     assert sent["generic"]["mentions"] == []
 
@@ -409,12 +428,16 @@ def matrix_only_configured(matrix: dict[str, Any]) -> None:
     assert "matrix.to/#/@alice:example.org" in matrix["formatted_body"]
 
 
-def teams_only_configured(card: dict[str, Any]) -> None:
-    """A card mentions whom its msteams.entities name, wherever their <at>name</at> is:
-    there are no entities, and no text holds an <at>."""
-    assert "entities" not in json.dumps(card)
-    assert all("<at>" not in text for text in all_strings(card))
-    assert "Alice Example" in all_strings(card)
+def teams_only_configured(message: dict[str, Any]) -> None:
+    """A card mentions whom its msteams.entities name, wherever their <at>name</at> is: the
+    entities are the configured ones, and only the mentions' line holds an <at>."""
+    assert teams_mentions(message) == [
+        ("alice@example.com", "Alice Example"),
+        ("bob@example.com", "bob@example.com"),
+    ]
+    card = message["attachments"][0]["content"]
+    tagged = [text for text in all_strings(card["body"]) if "<at>" in text]
+    assert tagged == ["<at>Alice Example</at> <at>bob@example.com</at> CI team"]
 
 
 def generic_only_configured(document: dict[str, Any]) -> None:
