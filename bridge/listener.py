@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -29,6 +30,9 @@ log = logging.getLogger("bridge.http")
 # After an answer sent before the whole body was read (a 408, a 413), how long the rest of
 # the body is read and dropped so that the client sees the answer rather than a reset.
 LINGER = 2.0
+# Connections the kernel takes before they are served (aiohttp's default): while the app
+# starts, and whenever the event loop is busy.
+BACKLOG = 128
 # The longest `error` made from a parser's message, which may quote what the client sent.
 MOST_REASON_CHARS = 200
 
@@ -169,11 +173,48 @@ async def listening(
     refused: Callable[[int], None] = lambda status: None,
 ) -> AsyncIterator[Runner]:
     """Serve `app` on `[server] host:port` (port 0: any free one) until the block ends;
-    `refused(status)` is told of each request refused before any handler."""
+    `refused(status)` is told of each request refused before any handler.
+
+    The address is listened on before the app starts (its store opened, and migrated on an
+    upgrade, which can take seconds): the kernel takes the connections meanwhile, and their
+    requests are answered once it has started. JobServ waits for an answer as long as it
+    takes, but gives up on a refused connection after four tries within about 7 s.
+    """
+    sockets = _listen(settings.host, settings.port)
     runner = Runner(app, settings, refused)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await runner.setup()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
         yield runner
     finally:
         await runner.cleanup()
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on every address `host` names, as asyncio's server would make them
+    (port 0: the port the first one got, for all)."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
