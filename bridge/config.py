@@ -53,6 +53,10 @@ class ServerConfig(_Section):
     read_timeout: Duration = Field(default=10.0, gt=0)
     # Connections past this many are answered 503 and closed at once.
     max_connections: int = Field(default=512, ge=1)
+    # A webhook whose event the store cannot commit (a full disk, PostgreSQL restarting or
+    # failing over) is tried again for this long before it is answered 503: JobServ waits
+    # for an answer as long as it takes, but tries an error answer only four times, in ~7 s.
+    store_wait: Duration = Field(default=10.0, ge=0)
 
 
 class StoreConfig(_Section):

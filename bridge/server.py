@@ -20,20 +20,25 @@ from bridge.jobserv import (
     signature_digest,
     signed_by,
 )
+from bridge.log_throttle import FailureLog
 from bridge.logs import FIELD_LIMIT, bounded
 from bridge.redact import Redactor
 from bridge.routing import targets
 from bridge.runtime import Runtime
 from bridge.slack_endpoint import interactions
-from bridge.store import StoreUnavailable
+from bridge.store import Accepted, NewEvent, Plan, StoreUnavailable
 
 log = logging.getLogger("bridge.intake")
 
 # The store, lanes and admin listener serving the app, with the config in force.
 RUNTIME = web.AppKey("runtime", Runtime)
+# The webhooks' tries that the store could not commit, logged as news (not one line a try).
+STORE_FAILURES = web.AppKey("store_failures", FailureLog)
 
 # /readyz waits this long for the store to take a write.
 READY_TIMEOUT = 2.0
+# While the store cannot commit, a webhook's event is tried again after these pauses (doubling).
+STORE_RETRY_FIRST, STORE_RETRY_MOST = 0.1, 1.0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -138,12 +143,22 @@ async def _intake(request: web.Request) -> web.Response:
     event = new_event(build, body)
     try:
         # The store mutes what a silence covers, in the transaction that stores the event.
-        accepted = await runtime.store.accept(
-            event, lambda change: targets(config.routes, build, change, threaded)
+        accepted = await _stored(
+            runtime,
+            event,
+            lambda change: targets(config.routes, build, change, threaded),
+            config.server.store_wait,
+            request.app[STORE_FAILURES],
         )
     except StoreUnavailable as exc:
         factory = bounded(build.factory, FIELD_LIMIT)
-        log.error("could not store build %s of %s: %s", build.build_id, factory, exc)
+        log.error(
+            "could not store build %s of %s (tried for store_wait, %gs): %s",
+            build.build_id,
+            factory,
+            config.server.store_wait,
+            exc,
+        )
         return _error(503, "the event could not be stored; try again")
 
     answer = {"event_id": accepted.event_id, "deliveries": accepted.deliveries}
@@ -176,6 +191,30 @@ async def _intake(request: web.Request) -> web.Response:
     )
     runtime.dispatcher.arrived(body, build, destinations)
     return web.json_response(answer, status=202)
+
+
+async def _stored(
+    runtime: Runtime, event: NewEvent, plan: Plan, wait: float, failures: FailureLog
+) -> Accepted:
+    """The event accepted by the store, tried again while the store cannot commit, for
+    `wait` seconds at most. A try that committed but could not say so (a connection lost
+    with its answer) is found again by the next one, as a repeat."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pause = STORE_RETRY_FIRST
+    while True:
+        try:
+            accepted = await runtime.store.accept(event, plan)
+        except StoreUnavailable as exc:
+            failures.failed(exc)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, STORE_RETRY_MOST)
+        else:
+            failures.succeeded()
+            return accepted
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -239,6 +278,7 @@ def create_app(config: Config, redact: Redactor | None = None) -> web.Applicatio
     """The bridge's app; `redact` is shared with the logs so a reload updates both."""
     app = web.Application(middlewares=[json_errors], client_max_size=config.server.max_body_size)
     app[RUNTIME] = Runtime(config, redact)
+    app[STORE_FAILURES] = FailureLog(log, "webhooks: the store cannot commit their events")
     app.router.add_post("/webhook", webhook, expect_handler=expectation)
     app.router.add_get("/healthz", healthz, expect_handler=expectation)
     app.router.add_get("/readyz", readyz, expect_handler=expectation)

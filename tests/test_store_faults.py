@@ -220,12 +220,11 @@ async def test_a_read_only_store_folder_is_unavailable_naming_the_file(small_dis
         await reopened.close()
 
 
-def config_on(disk: Path, folder: Path, fake: FakeChat) -> Any:
+def config_on(disk: Path, folder: Path, fake: FakeChat, store_wait: str = "0.3s") -> Any:
     routes = '[[routes]]\ndestinations = ["hook"]\n'
     store = f'[store]\npath = "{disk / "outbox.sqlite3"}"\n[admin]\nenabled = false\n'
-    return make_config(
-        folder, quick_settings() + store + generic_destination(fake, "hook") + routes
-    )
+    settings = quick_settings().replace("[server]\n", f'[server]\nstore_wait = "{store_wait}"\n')
+    return make_config(folder, settings + store + generic_destination(fake, "hook") + routes)
 
 
 async def post_event(client: Client, number: int) -> tuple[int, dict[str, Any]]:
@@ -254,6 +253,7 @@ async def test_a_full_disk_is_a_503_until_space_returns(
         await asyncio.sleep(0.05)
 
     filler = fill(small_disk)
+    # Each is tried again for `store_wait` (0.3 s here), then answered 503.
     answers = await asyncio.gather(*(post_event(client, n) for n in range(4, 12)))
     for status, payload in answers:
         assert status == 503
@@ -277,3 +277,26 @@ async def test_a_full_disk_is_a_503_until_space_returns(
         await asyncio.sleep(0.05)
     assert sorted(e.build_id for e in await store.recent_events(100)) == [1, 2, 3, 12]
     assert sorted(r.json["build_id"] for r in fake_chat.requests_to("/hook")) == [1, 2, 3, 12]
+
+
+async def test_a_webhook_waits_for_the_store_within_store_wait(
+    tmp_path: Path, small_disk: Path, fake_chat: FakeChat, aiohttp_client: ClientFactory
+) -> None:
+    """JobServ tries an error answer four times within about 7 s, then never again, but waits
+    for an answer as long as it takes: a webhook that comes while the disk is full is held,
+    and answered 202 once the space returns within `store_wait`."""
+    config = config_on(small_disk, tmp_path, fake_chat, store_wait="20s")
+    client = await aiohttp_client(create_app(config))
+    assert (await post_event(client, 1))[0] == 202
+
+    filler = fill(small_disk)
+    posting = asyncio.create_task(post_event(client, 2))
+    await asyncio.sleep(1.0)
+    assert not posting.done()  # held, the store tried again and again
+    assert (await client.get("/readyz")).status == 503
+
+    filler.unlink()
+    status, answer = await asyncio.wait_for(posting, RECOVERY_DEADLINE)
+    assert status == 202
+    assert answer["deliveries"] == 1
+    assert sorted(await delivered_builds(fake_chat, 2)) == [1, 2]
