@@ -26,7 +26,7 @@ from bridge.redact import Redactor
 from bridge.routing import targets
 from bridge.runtime import Runtime
 from bridge.slack_endpoint import interactions
-from bridge.store import Accepted, NewEvent, Plan, StoreUnavailable
+from bridge.store import Accepted, NewEvent, Plan, Store, StoreUnavailable
 
 log = logging.getLogger("bridge.intake")
 
@@ -144,7 +144,7 @@ async def _intake(request: web.Request) -> web.Response:
     try:
         # The store mutes what a silence covers, in the transaction that stores the event.
         accepted = await _stored(
-            runtime,
+            runtime.store,
             event,
             lambda change: targets(config.routes, build, change, threaded),
             config.server.store_wait,
@@ -194,7 +194,7 @@ async def _intake(request: web.Request) -> web.Response:
 
 
 async def _stored(
-    runtime: Runtime, event: NewEvent, plan: Plan, wait: float, failures: FailureLog
+    store: Store, event: NewEvent, plan: Plan, wait: float, failures: FailureLog
 ) -> Accepted:
     """The event accepted by the store, tried again while the store cannot commit, for
     `wait` seconds at most. A try that committed but could not say so (a connection lost
@@ -204,7 +204,7 @@ async def _stored(
     pause = STORE_RETRY_FIRST
     while True:
         try:
-            accepted = await runtime.store.accept(event, plan)
+            accepted = await store.accept(event, plan)
         except StoreUnavailable as exc:
             failures.failed(exc)
             left = deadline - loop.time()
