@@ -64,7 +64,9 @@ class StoreConfig(_Section):
 
     path: Path = Path("var/bridge.sqlite3")
     url: SecretStr | None = None  # postgresql://user:password@host:port/database
-    pool_size: int = Field(default=10, ge=1, description="PostgreSQL connections per process")
+    # PostgreSQL connections per process; by default enough for every lane to claim at once
+    # while the intake commits (bridge.store.open_store).
+    pool_size: int | None = Field(default=None, ge=1)
 
     @field_validator("url")
     @classmethod

@@ -85,7 +85,7 @@ class Runtime:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         config = self.config
-        store = open_store(config.store)
+        store = open_store(config.store, lanes=len(config.destinations))
         await store.open(serving=True)
         stack.push_async_callback(store.close)
         self._store = store

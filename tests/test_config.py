@@ -10,9 +10,11 @@ import pytest
 from bridge.chats import CHAT_TYPES
 from bridge.chats.generic import GenericSettings
 from bridge.chats.slack_api import SlackApiSettings
-from bridge.config import Config, ConfigError, load_config, parse_config
+from bridge.config import Config, ConfigError, StoreConfig, load_config, parse_config
 from bridge.jobserv import parse_build
 from bridge.render import context
+from bridge.store import open_store
+from bridge.store.postgres import PostgresStore
 from tests.conftest import FAILED, fixture_body
 
 KNOWN_TYPES = ", ".join(sorted(CHAT_TYPES))
@@ -445,3 +447,18 @@ def test_secrets_are_not_in_the_problems(tmp_path: Path) -> None:
     assert len(problems) == 6, problems
     for secret in SECRET_VALUES:
         assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "lanes", "connections"),
+    [(None, 0, 10), (None, 10, 15), (None, 40, 45), (4, 40, 4)],
+)
+def test_a_postgres_pool_has_a_connection_for_each_lane_unless_told(
+    pool_size: int | None, lanes: int, connections: int
+) -> None:
+    """Each lane claims on a connection of its own while the intake commits on others: a
+    pool as small as the lanes makes them wait (bridge.store.POOL_SIZE)."""
+    where = StoreConfig(url="postgresql://bridge:pw@127.0.0.1/bridge", pool_size=pool_size)
+    store = open_store(where, lanes=lanes)
+    assert isinstance(store, PostgresStore)
+    assert store.pool_size == connections

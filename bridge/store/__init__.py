@@ -66,8 +66,17 @@ __all__ = [
 ]
 
 
-def open_store(where: StoreConfig | str | os.PathLike[str]) -> Store:
-    """The store a config's [store] names: PostgreSQL at `url`, else SQLite at `path`.
+# A PostgreSQL pool's connections when [store] pool_size is not set: this many, or as many as
+# the lanes and INTAKE_CONNECTIONS more. Each lane claims on a connection of its own while the
+# intake's batches, the sent outcomes and the wakeups take theirs: 10 lanes on 10 connections
+# waited for one (200 events/s to 10 destinations: p50 16-19 ms to the chat, against 11-13
+# with 15 connections).
+POOL_SIZE, INTAKE_CONNECTIONS = 10, 5
+
+
+def open_store(where: StoreConfig | str | os.PathLike[str], lanes: int = 0) -> Store:
+    """The store a config's [store] names: PostgreSQL at `url`, else SQLite at `path`;
+    `lanes`: how many destinations will claim from it.
 
     A plain path opens that SQLite file.
     """
@@ -78,5 +87,6 @@ def open_store(where: StoreConfig | str | os.PathLike[str]) -> Store:
     if where.url is not None:
         from bridge.store.postgres import PostgresStore
 
-        return PostgresStore(where.url.get_secret_value(), pool_size=where.pool_size)
+        size = where.pool_size or max(POOL_SIZE, lanes + INTAKE_CONNECTIONS)
+        return PostgresStore(where.url.get_secret_value(), pool_size=size)
     return SqliteStore(where.path)
