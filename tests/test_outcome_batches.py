@@ -19,6 +19,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bridge.store import Store, StoreUnavailable
@@ -323,3 +324,37 @@ async def test_kill_9_before_sent_outcomes_are_written_resends_them_and_loses_no
     await wait_until_all_delivered(database)
     assert received_ids(fake_chat, "/hook", since=restarted_at) == [1, 2, 3, 4]
     assert await store_counts(database) == {"pending": 0, "sent": 4, "dead": 0}
+
+
+async def test_a_postgres_claim_reads_past_sends_whose_outcome_is_not_written_yet() -> None:
+    """A claim does not wait for the sent outcomes to be written (that write waits for the
+    other lanes' sends): it reads past them at the lane's head and takes what is behind,
+    never one of them. Here their write is held by another transaction's row locks."""
+    async with fresh_database() as url:
+        store = PostgresStore(url)
+        await store.open(serving=True)
+        other = await asyncpg.connect(url)
+        try:
+            t0 = time.time()
+            for n in range(4):
+                await store.accept(event(n, at=t0), plan(["ci-alerts"]))
+            sent = await claim_ids(store, "ci-alerts", t0, limit=2)
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute("SELECT 1 FROM deliveries WHERE id = ANY($1) FOR UPDATE", sent)
+            for delivery_id in sent:
+                store.note_sent(delivery_id, t0 + 1)  # its write now waits for the locks
+
+            behind = await asyncio.wait_for(claim_ids(store, "ci-alerts", t0 + 1), 1.0)
+
+            assert len(behind) == 2 and not set(behind) & set(sent)
+            await transaction.rollback()
+
+            async def all_sent() -> bool:
+                rows = await store.list_deliveries(state="sent")
+                return sorted(r.id for r in rows) == sorted(sent)
+
+            await eventually(all_sent)
+        finally:
+            await other.close()
+            await store.close()

@@ -48,7 +48,7 @@ FROM unnest('{{{ids}}}'::bigint[], '{{{times}}}'::float8[]) AS s(id, at)
 WHERE d.id = s.id
 """
 SENT_RETRY = 1.0  # seconds before sent outcomes that could not be written are tried again
-SENT_WAIT = 5.0  # the longest a claim or a close waits for them
+SENT_WAIT = 5.0  # the longest a close waits for them
 
 
 async def _mark_sent(c: Any, batch: list[tuple[int, float]]) -> None:
@@ -77,9 +77,12 @@ class PostgresLanes(PostgresThreads):
         lease: float,
         passing: Collection[int] = (),
     ) -> Claim:
-        # The lane's sent outcomes first: until written, their claims hold the lane's head.
-        await self._sent_written()
         passed = frozenset(passing)  # the lane's, in flight: not to be claimed, nor waited for
+        # Sent deliveries whose outcome is not written yet are still pending at the lane's
+        # head: read past them (a claim does not wait for their write, which waited for the
+        # other lanes' sends: half of a claim's time at 200 events/s to ten destinations).
+        # One being written is locked, so it is skipped: never taken again.
+        reading = limit + len(passed) + len(self._unwritten)
 
         async def work(c: Any) -> Claim:
             # A claim is a lease, bookkeeping: a server crash that loses it lets it be taken
@@ -87,8 +90,8 @@ class PostgresLanes(PostgresThreads):
             # Three round trips: begin, read and lock, write and commit.
             await c.execute("BEGIN; SET LOCAL synchronous_commit = off")
             try:
-                rows = await c.fetch(_CLAIM, destination, limit + len(passed))
-                claim = self._take(destination, now, rows, limit, passed)
+                rows = await c.fetch(_CLAIM, destination, reading)
+                claim = self._take(destination, now, rows, limit, passed, reading)
                 ids = ",".join(str(d.id) for d in claim.deliveries)
                 hold = (
                     f"UPDATE deliveries SET claimed_until = {float(now + lease)!r}"
@@ -107,9 +110,16 @@ class PostgresLanes(PostgresThreads):
         return await self._run(work)
 
     def _take(
-        self, destination: str, now: float, rows: list[Any], limit: int, passed: frozenset[int]
+        self,
+        destination: str,
+        now: float,
+        rows: list[Any],
+        limit: int,
+        passed: frozenset[int],
+        reading: int,
     ) -> Claim:
-        """The deliveries at the head of the lane that are due, in order."""
+        """The deliveries at the head of the lane that are due, in order, from the first
+        `reading` rows of its head."""
         taken: list[Delivery] = []
         next_due, drained = None, False
         for row in rows:
@@ -144,7 +154,7 @@ class PostgresLanes(PostgresThreads):
                 )
             )
         else:
-            drained = len(rows) < limit + len(passed)  # it read to the lane's end
+            drained = len(rows) < reading  # it read to the lane's end
         return Claim(taken, next_due, drained)
 
     async def release(self, ids: list[int]) -> None:
@@ -194,12 +204,6 @@ class PostgresLanes(PostgresThreads):
                 if self._pool is None:
                     return
                 await asyncio.sleep(SENT_RETRY)
-
-    async def _sent_written(self) -> None:
-        """Wait for the sent outcomes noted so far to be written (or to fail once)."""
-        writer = self._sent_writer
-        if writer is not None and not writer.done():
-            await asyncio.wait({writer}, timeout=SENT_WAIT)
 
     async def _before_close(self) -> None:
         writer = self._sent_writer
