@@ -677,7 +677,8 @@ async def test_a_claim_reads_only_its_lane_whatever_the_statistics(postgres_url:
         )
 
         explained = await connection.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM.replace("$1", "'chat-3'").replace("$2", "32")
+            "EXPLAIN (ANALYZE, FORMAT JSON) "
+            + _CLAIM.replace("$1", "'chat-3'").replace("$2", "32").replace("$3", "'{1,2,3}'")
         )
         claim = await store.claim("chat-3", t0, 32, LEASE)
     finally:

@@ -14,7 +14,8 @@ from bridge.store.postgres_pool import log, stored_transition
 from bridge.store.postgres_threads import PostgresThreads
 from bridge.store.records import Claim, Delivery, State
 
-# The lane's head, in order, each row with what it holds when this claim could lock it:
+# The lane's head, in order, but for the ids in $3, each row with what it holds when this
+# claim could lock it:
 # rows another transaction is claiming or finishing are skipped, not waited for, and
 # the first of them ends the claim (the lane keeps its order).
 #
@@ -30,11 +31,13 @@ WITH locked AS (
         d.mentions, e.body, e.factory, e.build_id, e.trigger, e.transition, e.key
     FROM deliveries d JOIN events e ON e.id = d.event_id
     WHERE d.destination >= $1 AND d.destination <= $1 AND d.state = 'pending'
+        AND d.id <> ALL($3::bigint[])
     ORDER BY d.destination, d.id LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
 ), head AS (
     SELECT id FROM deliveries
     WHERE destination >= $1 AND destination <= $1 AND state = 'pending'
+        AND id <> ALL($3::bigint[])
     ORDER BY destination, id LIMIT $2
 )
 SELECT head.id AS head_id, locked.* FROM head LEFT JOIN locked ON locked.id = head.id
@@ -77,12 +80,11 @@ class PostgresLanes(PostgresThreads):
         lease: float,
         passing: Collection[int] = (),
     ) -> Claim:
-        passed = frozenset(passing)  # the lane's, in flight: not to be claimed, nor waited for
-        # Sent deliveries whose outcome is not written yet are still pending at the lane's
-        # head: read past them (a claim does not wait for their write, which waited for the
-        # other lanes' sends: half of a claim's time at 200 events/s to ten destinations).
-        # One being written is locked, so it is skipped: never taken again.
-        reading = limit + len(passed) + len(self._unwritten)
+        # Passed over at the lane's head: the lane's sends in flight, and the sent deliveries
+        # whose outcome is not written yet (still pending there). A claim does not wait for
+        # that write, which waits for the other lanes' sends: it was half of a claim's time
+        # at 200 events/s to ten destinations.
+        skipped = [*passing, *self._unwritten]
 
         async def work(c: Any) -> Claim:
             # A claim is a lease, bookkeeping: a server crash that loses it lets it be taken
@@ -90,8 +92,8 @@ class PostgresLanes(PostgresThreads):
             # Three round trips: begin, read and lock, write and commit.
             await c.execute("BEGIN; SET LOCAL synchronous_commit = off")
             try:
-                rows = await c.fetch(_CLAIM, destination, reading)
-                claim = self._take(destination, now, rows, limit, passed, reading)
+                rows = await c.fetch(_CLAIM, destination, limit, skipped)
+                claim = self._take(destination, now, rows, limit)
                 ids = ",".join(str(d.id) for d in claim.deliveries)
                 hold = (
                     f"UPDATE deliveries SET claimed_until = {float(now + lease)!r}"
@@ -109,25 +111,12 @@ class PostgresLanes(PostgresThreads):
 
         return await self._run(work)
 
-    def _take(
-        self,
-        destination: str,
-        now: float,
-        rows: list[Any],
-        limit: int,
-        passed: frozenset[int],
-        reading: int,
-    ) -> Claim:
-        """The deliveries at the head of the lane that are due, in order, from the first
-        `reading` rows of its head."""
+    def _take(self, destination: str, now: float, rows: list[Any], limit: int) -> Claim:
+        """The deliveries at the head of the lane that are due, in order."""
         taken: list[Delivery] = []
         next_due, drained = None, False
         for row in rows:
             id_ = row["head_id"]
-            if id_ in self._unwritten or id_ in passed:
-                continue  # sent, its outcome on its way to the database; or being sent
-            if len(taken) == limit:
-                break
             if row["id"] is None:
                 break  # another transaction holds the head: keep the lane in order
             claimed_until = row["claimed_until"]
@@ -154,7 +143,7 @@ class PostgresLanes(PostgresThreads):
                 )
             )
         else:
-            drained = len(rows) < reading  # it read to the lane's end
+            drained = len(rows) < limit  # it read to the lane's end
         return Claim(taken, next_due, drained)
 
     async def release(self, ids: list[int]) -> None:
