@@ -156,6 +156,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
+async def wait_owned(store_url: str, destination: str, pid: int, within: float = 10.0) -> None:
+    """Wait until the replica `pid` holds `destination`'s lane: a replica answers once it
+    serves, and its lanes take their locks in the moments after."""
+    deadline = time.monotonic() + within
+    while (owner := await lane_owner(store_url, destination)) != pid:
+        assert time.monotonic() < deadline, f"lane {destination} owned by {owner}, not {pid}"
+        await asyncio.sleep(0.05)
+
+
 async def lane_owner(store_url: str, destination: str) -> int | None:
     """The pid of the replica whose lanes' connection holds `destination`'s lock."""
     connection = await asyncpg.connect(store_url)
@@ -288,6 +297,7 @@ async def test_a_replica_that_stops_hands_its_lanes_over(
     await first.start()
     try:
         await first.wait_serving(session, time.monotonic() + 20)
+        await wait_owned(postgres_url, "alerts", first.pid)
         await second.start()
         await second.wait_serving(session, time.monotonic() + 20)
         assert await lane_owner(postgres_url, "alerts") == first.pid
@@ -316,7 +326,7 @@ async def test_a_webhook_taken_by_a_replica_without_the_lane_wakes_its_owner(
     try:
         await owner.wait_serving(session, time.monotonic() + 20)
         for name in DESTINATIONS:
-            assert await lane_owner(postgres_url, name) == owner.pid
+            await wait_owned(postgres_url, name, owner.pid)
         await other.start()
         await other.wait_serving(session, time.monotonic() + 20)
 
@@ -354,7 +364,7 @@ async def test_outbox_retry_wakes_the_replica_that_owns_the_lane(
     await owner.start()
     try:
         await owner.wait_serving(session, time.monotonic() + 20)
-        assert await lane_owner(postgres_url, "alerts") == owner.pid
+        await wait_owned(postgres_url, "alerts", owner.pid)
 
         result = await asyncio.to_thread(
             run_cli,
