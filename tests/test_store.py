@@ -676,10 +676,15 @@ async def test_a_claim_reads_only_its_lane_whatever_the_statistics(postgres_url:
             " WHERE e.id = d.event_id AND e.build_id < 595"
         )
 
-        explained = await connection.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) "
-            + _CLAIM.replace("$1", "'chat-3'").replace("$2", "32").replace("$3", "'{1,2,3}'")
-        )
+        # EXPLAIN ANALYZE runs the claim: its hold is rolled back.
+        values = {"$1": "'chat-3'", "$2": "32", "$3": "'{1,2,3}'", "$4": f"{t0}", "$5": f"{t0}"}
+        claim_sql = _CLAIM
+        for parameter, value in values.items():
+            claim_sql = claim_sql.replace(parameter, value)
+        explaining = connection.transaction()
+        await explaining.start()
+        explained = await connection.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + claim_sql)
+        await explaining.rollback()
         claim = await store.claim("chat-3", t0, 32, LEASE)
     finally:
         await connection.close()

@@ -15,16 +15,19 @@ from bridge.store.postgres_threads import PostgresThreads
 from bridge.store.records import Claim, Delivery, State
 
 # The lane's head, in order, but for the ids in $3, each row with what it holds when this
-# claim could lock it:
-# rows another transaction is claiming or finishing are skipped, not waited for, and
-# the first of them ends the claim (the lane keeps its order).
+# claim could lock it: rows another transaction is claiming or finishing are skipped, not
+# waited for, and the first of them ends the claim (the lane keeps its order). The rows
+# before the first one that ends it (locked elsewhere, claimed until after $4, or due after
+# it: as `PostgresLanes._take` reads them) are held until $5, in the same statement: one
+# round trip, committed without waiting for the server's log to be synced (a claim is a
+# lease: one lost in a server crash is taken again, at least once).
 #
-# Both read the lane's own index (its pending deliveries, in order), whatever the table's
-# statistics say: the destination is matched as a range (an equality all the same), so that
-# only that index gives the order asked for. As an equality, statistics taken while the
-# lanes were full (most rows pending) have had the planner walk the whole table in id order
-# instead, every sent delivery before the lane's head: each claim as slow as the table is
-# long, until the next ANALYZE.
+# Both reads use the lane's own index (its pending deliveries, in order), whatever the
+# table's statistics say: the destination is matched as a range (an equality all the same),
+# so that only that index gives the order asked for. As an equality, statistics taken while
+# the lanes were full (most rows pending) have had the planner walk the whole table in id
+# order instead, every sent delivery before the lane's head: each claim as slow as the
+# table is long, until the next ANALYZE.
 _CLAIM = """
 WITH locked AS (
     SELECT d.id, d.event_id, d.attempts, d.created_at, d.next_attempt_at, d.claimed_until,
@@ -39,9 +42,17 @@ WITH locked AS (
     WHERE destination >= $1 AND destination <= $1 AND state = 'pending'
         AND id <> ALL($3::bigint[])
     ORDER BY destination, id LIMIT $2
+), lane AS (
+    SELECT head.id AS head_id, locked.* FROM head LEFT JOIN locked ON locked.id = head.id
+), stop AS (
+    SELECT coalesce(min(head_id), 9223372036854775807) AS head_id FROM lane
+    WHERE id IS NULL OR claimed_until > $4 OR next_attempt_at > $4
+), held AS (
+    UPDATE deliveries d SET claimed_until = $5
+    FROM lane, stop WHERE d.id = lane.id AND lane.head_id < stop.head_id
 )
-SELECT head.id AS head_id, locked.* FROM head LEFT JOIN locked ON locked.id = head.id
-ORDER BY head.id
+SELECT lane.*, set_config('synchronous_commit', 'off', true) AS unsynced
+FROM lane ORDER BY lane.head_id
 """
 # Sent outcomes, many at once: (ids, times) as two arrays.
 _MARK_SENT = """
@@ -87,27 +98,8 @@ class PostgresLanes(PostgresThreads):
         skipped = [*passing, *self._unwritten]
 
         async def work(c: Any) -> Claim:
-            # A claim is a lease, bookkeeping: a server crash that loses it lets it be taken
-            # again (at least once), so it need not wait for the server's log to be synced.
-            # Three round trips: begin, read and lock, write and commit.
-            await c.execute("BEGIN; SET LOCAL synchronous_commit = off")
-            try:
-                rows = await c.fetch(_CLAIM, destination, limit, skipped)
-                claim = self._take(destination, now, rows, limit)
-                ids = ",".join(str(d.id) for d in claim.deliveries)
-                hold = (
-                    f"UPDATE deliveries SET claimed_until = {float(now + lease)!r}"
-                    f" WHERE id = ANY('{{{ids}}}'::bigint[]);"
-                    if ids
-                    else ""
-                )
-                await c.execute(f"{hold} COMMIT")
-                return claim
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    if c.is_in_transaction():
-                        await c.execute("ROLLBACK")
-                raise
+            rows = await c.fetch(_CLAIM, destination, limit, skipped, now, now + lease)
+            return self._take(destination, now, rows, limit)
 
         return await self._run(work)
 
