@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from bridge.store import Accepted, NewEvent, StoreUnavailable
 from bridge.store.postgres import PostgresStore
+from bridge.store.postgres_batches import MAX_BATCH
 from bridge.store.postgres_pool import HISTORY_LOCK_CLASS
-from bridge.transitions import Transition
+from bridge.transitions import STREAK_LIMIT, Transition
 from tests.conftest import plan
 from tests.postgres import fresh_database
 
@@ -128,16 +129,23 @@ async def all_at_once(store: PostgresStore, events: Sequence[NewEvent]) -> list[
 
 
 async def compare_with_one_by_one(
-    store: PostgresStore, url: str, arrivals: Sequence[tuple[int, Arrival]]
+    store: PostgresStore,
+    url: str,
+    arrivals: Sequence[tuple[int, Arrival]],
+    batches: int = 1,
+    before: Sequence[tuple[int, Arrival]] = (),
 ) -> None:
-    """Each arrival: which of a few triggers, and its build."""
+    """Each arrival: which of a few triggers, and its build; `before`, arrivals stored one by
+    one first (in as many transactions)."""
     alone, together = f"alone-{next(_triggers)}", f"together-{next(_triggers)}"
+    for name in (alone, together):
+        await one_by_one(store, [new_event(f"{name}-{t}", a) for t, a in before])
     expected = await one_by_one(store, [new_event(f"{alone}-{t}", a) for t, a in arrivals])
     results = await all_at_once(store, [new_event(f"{together}-{t}", a) for t, a in arrivals])
 
     assert answered(results) == answered(expected)
     mine, theirs = await stored(url, f"{together}-%"), await stored(url, f"{alone}-%")
-    assert mine["transactions"] == 1  # one batch
+    assert mine["transactions"] == len(before) + batches
     assert {k: v for k, v in mine.items() if k != "transactions"} == {
         k: v for k, v in theirs.items() if k != "transactions"
     }
@@ -177,6 +185,32 @@ async def test_a_streak_in_any_arrival_order_is_what_it_is_one_by_one(
     for _ in range(5):
         order = rng.sample(builds, len(builds))
         await compare_with_one_by_one(store, postgres_url, [(0, b) for b in order])
+
+
+async def test_a_streak_longer_than_its_count_in_order_is_what_it_is_one_by_one(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """Builds in order are decided in a batch from the batch's own earlier builds, the
+    streak's length counted up to STREAK_LIMIT there too ("1000+ failed builds")."""
+    streak = [(n, "FAILED", None) for n in range(1, STREAK_LIMIT + 6)]
+    builds: list[Arrival] = [*streak, (STREAK_LIMIT + 6, "PASSED", None)]
+    batches = -(-len(builds) // MAX_BATCH)
+    await compare_with_one_by_one(store, postgres_url, [(0, b) for b in builds], batches)
+
+
+async def test_builds_in_order_then_late_ones_in_one_batch_are_what_they_are_one_by_one(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """In order for a while (decided together), then late, repeated and re-run builds
+    (each read from the store in turn), over two triggers, on builds stored before."""
+    before: list[tuple[int, Arrival]] = [(0, (n, "FAILED", None)) for n in (1, 2)]
+    in_order = [
+        (t, (n, "FAILED" if n % 4 else "PASSED", None)) for n in range(3, 9) for t in (0, 1)
+    ]
+    late = [(0, (5, "PASSED", 300.0)), (1, (2, "FAILED", None)), (0, (9, "FAILED", None))]
+    await compare_with_one_by_one(
+        store, postgres_url, [*in_order, *late, in_order[3]], before=before
+    )
 
 
 async def test_a_repeat_inside_a_batch_answers_with_the_first(

@@ -1,9 +1,9 @@
-"""The PostgreSQL outbox's intake: accepting an event, its place in its trigger's history,
-its deliveries; and the write that `/readyz` checks."""
+"""The PostgreSQL outbox's intake: accepting events, in batches or one at a time (their
+places in their triggers' histories are postgres_history's), and the write that `/readyz`
+checks."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -12,16 +12,10 @@ from typing import Any
 import asyncpg
 
 from bridge.store.postgres_batches import GroupCommit
-from bridge.store.postgres_pool import HIGHEST, HISTORY_LOCK_CLASS, PostgresPool
+from bridge.store.postgres_history import accept_in_order, record, repeat_of
+from bridge.store.postgres_pool import HISTORY_LOCK_CLASS, PostgresPool
 from bridge.store.postgres_silences import SilencesOnce
-from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable, muted, planned
-from bridge.transitions import (
-    STREAK_LIMIT,
-    History,
-    above,
-    streak_history,
-    transition,
-)
+from bridge.store.records import Accepted, NewEvent, Plan, StoreUnavailable
 
 log = logging.getLogger("bridge.store")
 
@@ -60,55 +54,6 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key, id
 """
 
-# What a store reads of a trigger's history for a new event (see `policy.streak_history`).
-_RERUN = """SELECT status FROM builds WHERE factory = $1 AND trigger = $2 AND build_id = $3
-    AND status <> $4 AND coalesce(completed_at, 0) <= coalesce($5::double precision, 0)"""
-_PRIOR = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
-    AND build_id < $3 ORDER BY build_id DESC LIMIT 1"""
-_ENDED = """coalesce((SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
-    AND build_id < $3 AND status <> 'FAILED' ORDER BY build_id DESC LIMIT 1),
-    -9223372036854775808)"""
-# All of it in one round trip: the streak is read whatever the build before (when that one
-# did not fail, its lookups stop at once) and is used only when that one failed.
-_HISTORY = f"""
-SELECT
-    ({_RERUN}) AS rerun,
-    prior.build_id AS prior_id,
-    prior.status AS prior_status,
-    (SELECT build_id FROM builds WHERE factory = $1 AND trigger = $2
-        AND build_id > {_ENDED} AND build_id < $3 ORDER BY build_id LIMIT 1) AS since,
-    (SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1 AND trigger = $2
-        AND build_id > {_ENDED} AND build_id < $3 LIMIT $6) AS streak) AS count,
-    (SELECT max(build_id) FROM builds WHERE factory = $1 AND trigger = $2
-        AND build_id > $3) AS later
-FROM (SELECT 1) AS one LEFT JOIN LATERAL ({_PRIOR}) AS prior ON true
-"""
-
-_RECORD = """
-WITH build AS (
-    INSERT INTO builds (factory, trigger, build_id, status, completed_at)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (factory, trigger, build_id) DO UPDATE
-    SET status = excluded.status, completed_at = excluded.completed_at
-    WHERE coalesce(excluded.completed_at, 0) >= coalesce(builds.completed_at, 0)
-), event AS (
-    UPDATE events SET transition = $6::jsonb WHERE id = $7
-)
-INSERT INTO deliveries
-    (event_id, destination, created_at, updated_at, next_attempt_at, mentions, state, last_error)
-SELECT $7, wanted.name, $8, $8, $8, wanted.mentions::jsonb, wanted.state, wanted.note
-FROM unnest($9::text[], $10::text[], $11::text[], $12::text[])
-    WITH ORDINALITY AS wanted (name, mentions, state, note, position)
-ORDER BY wanted.position
-"""
-
-# What is known above a late build: the failing streak just above it.
-_ENDED_ABOVE = """SELECT build_id, status FROM builds WHERE factory = $1 AND trigger = $2
-    AND build_id > $3 AND status <> 'FAILED' ORDER BY build_id LIMIT 1"""
-_FAILED_ABOVE = """SELECT count(*) FROM (SELECT 1 FROM builds WHERE factory = $1
-    AND trigger = $2 AND build_id > $3 AND build_id < $4 LIMIT $5) AS streak"""
-
-
 _EXISTING = """
 SELECT id, (SELECT count(*) FROM deliveries WHERE event_id = events.id) AS deliveries
 FROM events WHERE key = $1
@@ -143,7 +88,7 @@ class PostgresIntake(PostgresPool):
                     )
                     if row is not None:
                         silences = SilencesOnce(event.received_at)
-                        return await _record(c, int(row["id"]), event, plan, silences)
+                        return await record(c, int(row["id"]), event, plan, silences)
                 row = await c.fetchrow(_EXISTING, event.key)
                 if row is not None:
                     return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
@@ -200,12 +145,13 @@ async def _accept_all(
     )
     new = {str(row["key"]): int(row["id"]) for row in rows}
     silences = SilencesOnce(min(e.received_at for e in events))
-    answered: dict[str, Accepted] = {}
-    answers: list[Accepted | StoreUnavailable] = []
-    for event, plan in batch:
+    in_order = await accept_in_order(c, batch, new, silences)
+    answered = {event.key: answer for (event, _), answer in zip(batch, in_order, strict=False)}
+    answers: list[Accepted | StoreUnavailable] = list(in_order)
+    for event, plan in batch[len(answers) :]:
         first = answered.get(event.key)
         if first is not None:  # the same event earlier in this batch: a repeat of it
-            answers.append(Accepted(first.event_id, first.deliveries, duplicate=True))
+            answers.append(repeat_of(first))
             continue
         answer = await _place(c, event, plan, new.get(event.key), silences)
         if isinstance(answer, Accepted):
@@ -220,7 +166,7 @@ async def _place(
     """A batch's event, stored as `event_id` or a repeat of one stored before the batch."""
     for _ in range(3):
         if event_id is not None:
-            return await _record(c, event_id, event, plan, silences)
+            return await record(c, event_id, event, plan, silences)
         row = await c.fetchrow(_EXISTING, event.key)
         if row is not None:
             return Accepted(int(row["id"]), int(row["deliveries"]), duplicate=True)
@@ -242,49 +188,3 @@ async def _place(
 
 def _purged(event: NewEvent) -> StoreUnavailable:
     return StoreUnavailable(f"event {event.key} keeps being purged as it is stored")
-
-
-async def _record(
-    c: Any, event_id: int, event: NewEvent, plan: Plan, silences: SilencesOnce
-) -> Accepted:
-    """The new event's place in its trigger's history, and the deliveries `plan` picks."""
-    change = transition(event.build_id, event.status, await _history(c, event))
-    targets = planned(plan, change)
-    if targets:
-        targets = muted(targets, event, await silences.read(c))
-    await c.execute(
-        _RECORD,
-        event.factory,
-        event.trigger,
-        event.build_id,
-        event.status,
-        event.completed_at,
-        json.dumps(change.as_dict()),
-        event_id,
-        event.received_at,
-        [t.destination for t in targets],
-        [json.dumps(list(t.mentions)) if t.mentions else None for t in targets],
-        [t.state for t in targets],
-        [t.note for t in targets],
-    )
-    names = tuple(t.destination for t in targets if t.silenced_by is None)
-    return Accepted(event_id, len(targets), False, names, change)
-
-
-async def _history(c: Any, event: NewEvent) -> History:
-    """The build before this one and the failing streak it ends, reading only that far."""
-    trigger = (event.factory, event.trigger, event.build_id)
-    row = await c.fetchrow(_HISTORY, *trigger, event.status, event.completed_at, STREAK_LIMIT)
-    found = row["prior_id"]
-    prior = (int(found), str(row["prior_status"])) if found is not None else None
-    streak = None
-    if prior is not None and prior[1] == "FAILED":
-        streak = (int(row["since"]), int(row["count"]))
-    before = streak_history(event.build_id, row["rerun"], prior, streak)
-    later = row["later"]
-    if later is None:
-        return before
-    found = await c.fetchrow(_ENDED_ABOVE, *trigger)
-    ended = (int(found["build_id"]), str(found["status"])) if found else None
-    failed = await c.fetchval(_FAILED_ABOVE, *trigger, ended[0] if ended else HIGHEST, STREAK_LIMIT)
-    return above(before, int(later), ended, int(failed))
