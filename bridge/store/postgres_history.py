@@ -120,7 +120,7 @@ async def accept_in_order(
     """The answers to the batch's first events, as long as each is new and above every build
     of its trigger (builds arriving in order, the usual case): their histories follow from
     each trigger's newest stored build and the batch's events before them, and they are
-    written in one statement. The rest go one at a time (`_place`), after them."""
+    written in one statement. The rest go one at a time after them (postgres_intake)."""
     triggers = sorted({(event.factory, event.trigger) for event, _ in batch})
     rows = await c.fetch(_TIPS, [f for f, _ in triggers], [t for _, t in triggers], STREAK_LIMIT)
     tips = {
@@ -170,9 +170,9 @@ async def record(
     c: Any, event_id: int, event: NewEvent, plan: Plan, silences: SilencesOnce
 ) -> Accepted:
     """The new event's place in its trigger's history, and the deliveries `plan` picks."""
-    record = await _decided(c, event_id, event, plan, await _history(c, event), silences)
-    await _write(c, [record])
-    return record.accepted
+    decided = await _decided(c, event_id, event, plan, await _history(c, event), silences)
+    await _write(c, [decided])
+    return decided.accepted
 
 
 async def _decided(
