@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
 )
 
@@ -52,9 +54,18 @@ def _in_utc(moment: datetime) -> datetime:
         raise ValueError("timestamp is out of range in UTC") from None
 
 
-# ISO 8601 text (JobServ writes +00:00); a time without an offset is taken as UTC. Strict,
-# as the whole model: in JSON only text is a timestamp, never a number.
-UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+def _text_or_datetime(value: Any) -> Any:
+    """A timestamp is text, never a number (a JSON number is not what JobServ sends)."""
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("Input should be an ISO 8601 timestamp")
+
+
+# ISO 8601 text (JobServ writes +00:00); a time without an offset is taken as UTC.
+# Not strict: a dict of Python values with text timestamps is a build too.
+UtcDatetime = Annotated[
+    datetime, Strict(False), BeforeValidator(_text_or_datetime), AfterValidator(_in_utc)
+]
 
 # JobServ's types are known: no coercion (`"123"` or `true` is not a build id). Unknown
 # statuses are still plain strings, unknown keys are ignored, `annotation` is anything.

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from bridge.chats import CHAT_TYPES
 from bridge.incidents import Incident, root_summary
-from bridge.jobserv import Build, parse_build
+from bridge.jobserv import Build
 from bridge.markup import clean
 from bridge.outcome import Sent
 from bridge.render import Rendered, build_context, context, default_template
@@ -122,20 +122,18 @@ def make_build(
                 "log_url": f"{base}/runs/passed-{index}/console.log",
             },
         )
-    return parse_build(
-        json.dumps(
-            {
-                "build_id": build_id,
-                "url": base + "/",
-                "web_url": web,
-                "status": "FAILED" if failed else "PASSED",
-                "trigger_name": trigger,
-                "reason": reason,
-                "runs": runs,
-                "created": "2024-05-01T10:00:00+00:00",
-                "completed": "2024-05-01T10:42:13+00:00",
-            }
-        ).encode()
+    return Build.model_validate(
+        {
+            "build_id": build_id,
+            "url": base + "/",
+            "web_url": web,
+            "status": "FAILED" if failed else "PASSED",
+            "trigger_name": trigger,
+            "reason": reason,
+            "runs": runs,
+            "created": "2024-05-01T10:00:00+00:00",
+            "completed": "2024-05-01T10:42:13+00:00",
+        }
     )
 
 

@@ -235,6 +235,13 @@ def test_naive_and_aware_timestamps_of_one_build_can_be_compared() -> None:
     assert (build.completed - build.created).total_seconds() == 75
 
 
+def test_a_date_alone_is_midnight_utc() -> None:
+    # Not what JobServ writes, but a clear enough time: refusing it would lose the alert.
+    build = parse_build(with_changes(FAILED, completed="2021-07-27"))
+
+    assert build.completed == datetime(2021, 7, 27, tzinfo=UTC)
+
+
 def test_other_offsets_are_converted_to_utc() -> None:
     build = parse_build(with_changes(FAILED, completed="2021-07-27T11:03:20+02:00"))
 
